@@ -1,0 +1,86 @@
+"""bridge: webhooks and chat messages in, one readable email each out.
+
+`create_app()` is the app factory (gunicorn: `bridge.wsgi:app`; CLI: `flask --app bridge`).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Mapping
+
+from flask import Flask
+
+from bridge.logs import log_line, setup_logging
+from bridge.mail.maildir import MaildirTransport
+from bridge.mail.smtp import SmtpTransport
+from bridge.outbox import Outbox, make_engine
+from bridge.render import Renderer
+from bridge.sender import Sender
+from bridge.settings import Settings, SettingsError, load_settings
+
+
+@dataclass
+class Services:
+    """What the blueprints, the CLI and the sender share: one per app."""
+
+    settings: Settings
+    outbox: Outbox
+    renderer: Renderer
+    sender: Sender
+
+    def make_transport(self):
+        if self.settings.smtp is None:
+            return MaildirTransport(self.settings.mail_dir)
+        return SmtpTransport(self.settings.smtp)
+
+    def wake_sender(self) -> None:
+        self.sender.wake()
+
+    def start_sender(self) -> None:
+        smtp = self.settings.smtp
+        self.sender.start(threads=smtp.connections if smtp else 1)
+
+
+def build_services(settings: Settings) -> Services:
+    pool = max(5, (smtp.connections if (smtp := settings.smtp) else 1) + 4)
+    outbox = Outbox(make_engine(settings.database_url, pool_size=pool),
+                    retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
+                    max_attempts=settings.max_attempts)
+    outbox.create_schema()
+    services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
+                        sender=None)
+    services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
+                             lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds)
+    return services
+
+
+def _startup_log(settings: Settings, services: Services) -> None:
+    transport = services.make_transport()
+    log_line("startup", delivery=transport.describe(), mail_from=settings.mail_from,
+             mail_to=",".join(settings.mail_to), database=settings.database_url.split("://")[0],
+             send_in_web=settings.send_in_web)
+    if settings.smtp is None:
+        log_line("startup", note=f"no SMTP server configured (SMTP_HOST / SMTP_URL): mail is "
+                                 f"written to the Maildir {settings.mail_dir}")
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> Flask:
+    """The app factory. `environ` replaces os.environ (and `.env`) when given, for tests."""
+    try:
+        settings = load_settings(environ)
+    except SettingsError as exc:
+        # One clear line, then stop: a misconfigured bridge must not half-run.
+        print(f"bridge: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = settings.secret_key
+    app.config["MAX_CONTENT_LENGTH"] = 26 * 1024 * 1024
+    services = build_services(settings)
+    app.extensions["bridge"] = services
+
+    from bridge import cli, web
+    app.register_blueprint(web.bp)
+    cli.register(app)
+    _startup_log(settings, services)
+    return app

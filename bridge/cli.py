@@ -1,0 +1,114 @@
+"""Flask CLI commands: `flask --app bridge send-test | check-smtp | worker | outbox ...`."""
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import time
+import uuid
+
+import click
+from flask import Flask, current_app
+
+from bridge.intake import store
+from bridge.mail.smtp import classify
+from bridge.outbox import DEAD, SENT
+from bridge.sources.base import Event
+
+
+def _services():
+    return current_app.extensions["bridge"]
+
+
+@click.command("worker")
+def worker_command():
+    """Drain the outbox until SIGTERM (the Procfile's worker process)."""
+    svc = _services()
+    stop = lambda signum, frame: svc.sender.stopping.set()  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    svc.start_sender()
+    click.echo(f"worker: sending via {svc.make_transport().describe()}")
+    while not svc.sender.stopping.wait(0.5):
+        pass
+    svc.sender.stop(timeout=20)
+    click.echo("worker: stopped")
+
+
+@click.command("send-test")
+@click.option("--timeout", default=30.0, help="Seconds to wait for the outcome.")
+def send_test_command(timeout: float):
+    """Queue one test mail to MAIL_TO, deliver it, print the outcome."""
+    svc = _services()
+    now = dt.datetime.now(svc.settings.timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
+    event = Event(source="cli", kind="cli:send-test", dedup_key=f"send-test:{uuid.uuid4().hex}",
+                  template="generic/message",
+                  context={"subject": f"bridge test mail ✓ {now}",
+                           "text": f"This is a test mail from bridge, sent at {now}.\n"})
+    stored = store(svc, event, svc.settings.mail_to)
+    transport = svc.make_transport()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            row = svc.outbox.get(stored.id)
+            if row.status in (SENT, DEAD) or (row.attempts and row.last_error):
+                break
+            svc.sender.work_once(transport)
+            time.sleep(0.1)
+    finally:
+        transport.close()
+    row = svc.outbox.get(stored.id)
+    if row.status == SENT:
+        click.echo(f"sent: outbox #{row.id} to {row.mail_to} via {transport.describe()}")
+        return
+    click.echo(f"not sent: outbox #{row.id} is {row.status}: {row.last_error}")
+    if row.hint:
+        click.echo(f"hint: {row.hint}")
+    raise SystemExit(1)
+
+
+@click.command("check-smtp")
+def check_smtp_command():
+    """Connect and log in to the SMTP server, nothing more; one line of verdict."""
+    transport = _services().make_transport()
+    try:
+        transport.check()
+    except Exception as exc:
+        failure = classify(exc)
+        click.echo(f"FAIL {transport.describe()}: {failure.detail}"
+                   + (f" — {failure.hint}" if failure.hint else ""))
+        raise SystemExit(1)
+    click.echo(f"OK {transport.describe()}")
+
+
+@click.group("outbox")
+def outbox_group():
+    """Look at the outbox; queue dead rows again."""
+
+
+@outbox_group.command("list")
+@click.option("--status", default=None, help="Only rows in this status.")
+@click.option("--limit", default=20)
+def outbox_list(status, limit):
+    svc = _services()
+    for row in svc.outbox.recent(limit=limit, status=status):
+        when = dt.datetime.fromtimestamp(row.created_at, svc.settings.timezone).strftime("%m-%d %H:%M:%S")
+        click.echo(f"#{row.id:<6} {when} {row.status:<8} {row.attempts:>2}x {row.source:<12} "
+                   f"{row.subject[:60]}" + (f"  [{row.last_error[:80]}]" if row.last_error else ""))
+    counts = svc.outbox.counts()
+    click.echo("totals: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "empty"))
+
+
+@outbox_group.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all-dead", is_flag=True, help="Queue every dead row again.")
+def outbox_retry(ids, all_dead):
+    """Queue rows again (same Message-ID): the given ids, or --all-dead."""
+    if not ids and not all_dead:
+        raise click.UsageError("name row ids or pass --all-dead")
+    n = _services().outbox.requeue(ids if ids else None, status=DEAD)
+    click.echo(f"queued again: {n}")
+
+
+def register(app: Flask) -> None:
+    for command in (worker_command, send_test_command, check_smtp_command, outbox_group):
+        app.cli.add_command(command)

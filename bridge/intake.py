@@ -1,0 +1,40 @@
+"""Event → rendered, stored outbox row: the one path every source's events take."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from bridge.mail.compose import mail_domain, thread_ids
+from bridge.outbox import NewMail, Stored
+from bridge.sources.base import Event
+
+MASKED = ("authorization", "cookie", "signature", "token", "secret", "password")
+REQUEST_BODY_CAP = 256 * 1024
+
+
+def request_record(method: str, path: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """What the deliveries page shows of a request: secrets masked, the body capped."""
+    shown = {name: ("***" if any(word in name.lower() for word in MASKED) else value)
+             for name, value in headers.items()}
+    text = body[:REQUEST_BODY_CAP].decode("utf-8", "replace")
+    return {"method": method, "path": path, "headers": shown, "body": text,
+            "truncated": len(body) > REQUEST_BODY_CAP}
+
+
+def store(services, event: Event, recipients: tuple[str, ...], route: str | None = None,
+          request: Mapping[str, Any] | None = None) -> Stored:
+    """Render `event`, store it (idempotently), and wake the sender."""
+    settings = services.settings
+    rendered = services.renderer.render(event)
+    msg_id, in_reply_to = thread_ids(event.dedup_key, event.thread_key, event.thread_root,
+                                     mail_domain(settings.mail_from))
+    stored = services.outbox.enqueue(NewMail(
+        dedup_key=event.dedup_key, source=event.source, kind=event.kind,
+        subject=rendered.subject, text=rendered.text, html=rendered.html,
+        mail_from=settings.mail_from, mail_to=recipients, message_id=msg_id,
+        in_reply_to=in_reply_to, route=route, delivery_id=event.delivery_id,
+        headers=event.headers, attachments=event.attachments, request=request,
+        ignored=event.ignored is not None, dedup_window=event.dedup_window,
+    ))
+    if stored.status == "accepted":
+        services.wake_sender()
+    return stored

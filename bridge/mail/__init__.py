@@ -1,0 +1,1 @@
+"""Mail: compose a MIME message from an outbox row; transports deliver it (SMTP or Maildir)."""

@@ -1,0 +1,73 @@
+"""Outbox row → email.message.EmailMessage (UTF-8, RFC 2047 headers, multipart/alternative).
+
+Every header value that came from a payload is folded to one line here, whatever the source
+did, so a CR or LF can never start a header of its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses
+from typing import Any, Iterable, Mapping
+
+from bridge.render import one_line
+
+
+def mail_domain(mail_from: str) -> str:
+    domain = mail_from.rpartition("@")[2].strip(" >")
+    return domain or "bridge.invalid"
+
+
+def message_id(key: str, domain: str) -> str:
+    """A stable Message-ID for a key: the same key (a resend, a retry) gives the same id."""
+    return f"<{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}@{domain}>"
+
+
+def thread_ids(dedup_key: str, thread_key: str | None, thread_root: bool,
+               domain: str) -> tuple[str, str | None]:
+    """(Message-ID, In-Reply-To) for an event: a thread hangs off a stable root id, which the
+    event that opens the thread takes as its own."""
+    if not thread_key:
+        return message_id(dedup_key, domain), None
+    root = message_id("thread:" + thread_key, domain)
+    if thread_root:
+        return root, None
+    return message_id(dedup_key, domain), root
+
+
+def _addresses(value: str) -> list[str]:
+    return [addr for _, addr in getaddresses([one_line(value)]) if addr]
+
+
+def compose(row: Any, attachments: Iterable[tuple[str, str, bytes]] = ()) -> EmailMessage:
+    """Build the message for an outbox row; `attachments` are (filename, mime type, bytes)."""
+    msg = EmailMessage()
+    msg["Subject"] = one_line(row.subject)
+    msg["From"] = one_line(row.mail_from)
+    msg["To"] = ", ".join(_addresses(row.mail_to))
+    msg["Date"] = formatdate(row.created_at, localtime=False, usegmt=True)
+    msg["Message-ID"] = one_line(row.message_id)
+    if row.in_reply_to:
+        msg["In-Reply-To"] = one_line(row.in_reply_to)
+        msg["References"] = one_line(row.in_reply_to)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    extra: Mapping[str, str] = json.loads(row.headers or "{}")
+    for name, value in extra.items():
+        if name.replace("-", "").isalnum():
+            msg[name] = one_line(value)
+    msg.set_content(row.text or "", subtype="plain", charset="utf-8")
+    if row.html:
+        msg.add_alternative(row.html, subtype="html", charset="utf-8")
+    for filename, mime, data in attachments:
+        maintype, _, subtype = mime.partition("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
+                           filename=one_line(filename))
+    return msg
+
+
+def envelope(row: Any) -> tuple[str, list[str]]:
+    """(MAIL FROM, RCPT TO) for a row."""
+    sender = _addresses(row.mail_from)
+    return (sender[0] if sender else ""), _addresses(row.mail_to)

@@ -1,0 +1,311 @@
+"""The outbox: one table that is both the queue and the delivery history.
+
+Intake inserts a rendered mail (idempotent on its dedup key) and commits before the 2xx goes
+back. Senders claim due rows with a lease: PostgreSQL's `FOR UPDATE SKIP LOCKED` lets several
+processes claim side by side; SQLite serialises writers with `BEGIN IMMEDIATE`. A claim that
+outlives its lease (its process died) is due again. Every mark carries the claim token, so a
+sender whose lease ran out cannot overwrite the row another sender now owns.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, Row
+
+QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
+STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED)
+
+metadata = sa.MetaData()
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("dedup_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("fingerprint", sa.String(300), nullable=False, index=True),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(200), nullable=False),
+    sa.Column("route", sa.String(100)),
+    sa.Column("delivery_id", sa.String(300), index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("html", sa.Text),
+    sa.Column("mail_from", sa.Text, nullable=False),
+    sa.Column("mail_to", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(300), nullable=False),
+    sa.Column("in_reply_to", sa.String(300)),
+    sa.Column("headers", sa.Text, nullable=False, default="{}"),
+    sa.Column("attachments", sa.Text, nullable=False, default="[]"),
+    sa.Column("request", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("duplicates", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("claim", sa.String(64)),
+    sa.Column("claimed_until", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("hint", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("sent_at", sa.Float),
+    sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+)
+
+attempts = sa.Table(
+    "attempts", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("outbox_id", BigId, nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class NewMail:
+    """A rendered mail, ready to be stored."""
+
+    dedup_key: str
+    source: str
+    kind: str
+    subject: str
+    text: str
+    html: str | None
+    mail_from: str
+    mail_to: tuple[str, ...]
+    message_id: str
+    in_reply_to: str | None = None
+    route: str | None = None
+    delivery_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[Mapping[str, Any], ...] = ()
+    request: Mapping[str, Any] | None = None
+    ignored: bool = False
+    dedup_window: float | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    status: str          # "accepted", "duplicate" or "ignored"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one send failed. `permanent`: never retry. `counts`: counts toward MAX_ATTEMPTS;
+    a login failure does not, so a fixed password delivers what waited."""
+
+    detail: str
+    permanent: bool = False
+    counts: bool = True
+    hint: str | None = None
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let us issue BEGIN ourselves: pysqlite's implicit BEGIN is DEFERRED, and a deferred
+        # reader that later writes fails at once with SQLITE_BUSY instead of waiting.
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=FULL")
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                            pool_recycle=300, connect_args={"connect_timeout": 5})
+
+
+class Outbox:
+    def __init__(self, engine: Engine, retry_base: float = 10.0, retry_max: float = 1800.0,
+                 max_attempts: int = 15):
+        self.engine = engine
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.max_attempts = max_attempts
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    # -- schema
+    def create_schema(self) -> None:
+        with self.engine.begin() as conn:
+            if self.is_postgres:  # several web workers start at once; one creates the tables
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+            metadata.create_all(conn, checkfirst=True)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # -- intake
+    def enqueue(self, mail: NewMail) -> Stored:
+        """Store `mail` durably, or say which stored row it duplicates."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            if self.is_postgres:  # serialise checks of one key across processes
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": mail.dedup_key})
+            existing = self._existing(conn, mail, now)
+            if existing is not None:
+                conn.execute(outbox.update().where(outbox.c.id == existing)
+                             .values(duplicates=outbox.c.duplicates + 1, updated_at=now))
+                return Stored(existing, "duplicate")
+            key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
+            row_id = conn.execute(outbox.insert().values(
+                dedup_key=key, fingerprint=mail.dedup_key, source=mail.source, kind=mail.kind,
+                route=mail.route, delivery_id=mail.delivery_id,
+                status=IGNORED if mail.ignored else QUEUED,
+                subject=mail.subject, text=mail.text, html=mail.html, mail_from=mail.mail_from,
+                mail_to=", ".join(mail.mail_to), message_id=mail.message_id,
+                in_reply_to=mail.in_reply_to, headers=json.dumps(dict(mail.headers)),
+                attachments=json.dumps(list(mail.attachments)),
+                request=json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
+                attempts=0, duplicates=0, next_attempt_at=now, created_at=now, updated_at=now,
+            ).returning(outbox.c.id)).scalar_one()
+        return Stored(row_id, "ignored" if mail.ignored else "accepted")
+
+    def _existing(self, conn, mail: NewMail, now: float) -> int | None:
+        query = sa.select(outbox.c.id).where(outbox.c.fingerprint == mail.dedup_key)
+        if mail.dedup_window is not None:
+            query = query.where(outbox.c.created_at > now - mail.dedup_window)
+        return conn.execute(query.order_by(outbox.c.id.desc()).limit(1)).scalar()
+
+    # -- sending
+    def claim(self, limit: int, lease: float) -> tuple[str, list[Row]]:
+        """Take up to `limit` due rows for `lease` seconds; returns the claim token and rows."""
+        token = uuid.uuid4().hex
+        now = time.time()
+        due = sa.or_(
+            sa.and_(outbox.c.status.in_((QUEUED, RETRYING)), outbox.c.next_attempt_at <= now),
+            sa.and_(outbox.c.status == SENDING, outbox.c.claimed_until < now),
+        )
+        ids = (sa.select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at, outbox.c.id)
+               .limit(limit).with_for_update(skip_locked=True))
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                outbox.update().where(outbox.c.id.in_(ids.scalar_subquery()))
+                .values(status=SENDING, claim=token, claimed_until=now + lease, updated_at=now)
+                .returning(*outbox.c)
+            ).all()
+        return token, sorted(rows, key=lambda r: r.id)
+
+    def mark_sent(self, row_id: int, token: str, detail: str, seconds: float) -> bool:
+        now = time.time()
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                outbox.update().where(outbox.c.id == row_id, outbox.c.claim == token)
+                .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
+                        claim=None, claimed_until=None, last_error=None, hint=None)
+            ).rowcount
+            self._log_attempt(conn, row_id, now, SENT, detail, seconds)
+        return bool(done)
+
+    def mark_failed(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
+        """Record a failed attempt; the row goes back to the queue with backoff, or dies."""
+        now = time.time()
+        attempts = row.attempts + 1
+        dead = failure.permanent or (failure.counts and attempts >= self.max_attempts)
+        status = DEAD if dead else RETRYING
+        with self.engine.begin() as conn:
+            conn.execute(
+                outbox.update().where(outbox.c.id == row.id, outbox.c.claim == token)
+                .values(status=status, attempts=attempts, claim=None, claimed_until=None,
+                        next_attempt_at=now + self.backoff(attempts), last_error=failure.detail,
+                        hint=failure.hint, updated_at=now)
+            )
+            self._log_attempt(conn, row.id, now, status, failure.detail, seconds)
+        return status
+
+    def extend(self, token: str, lease: float) -> None:
+        """Keep a claim for `lease` more seconds (a slow server must not let it lapse)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
+                         .values(claimed_until=now + lease))
+
+    def release(self, token: str, delay: float = 0.0) -> int:
+        """Give back what a claim did not get to: due again after `delay` seconds."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
+                .values(status=sa.case((outbox.c.attempts > 0, RETRYING), else_=QUEUED),
+                        claim=None, claimed_until=None, next_attempt_at=now + delay, updated_at=now)
+            ).rowcount
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential, capped, with ±25 % jitter so a fleet of retries does not stampede."""
+        delay = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
+        return delay * random.uniform(0.75, 1.25)
+
+    @staticmethod
+    def _log_attempt(conn, row_id: int, at: float, outcome: str, detail: str, seconds: float) -> None:
+        conn.execute(attempts.insert().values(outbox_id=row_id, at=at, outcome=outcome,
+                                              detail=detail[:2000], seconds=seconds))
+
+    # -- operator actions and reads
+    def requeue(self, ids: Iterable[int] | None = None, status: str = DEAD) -> int:
+        """Queue rows again now (their Message-ID stays): given ids, or every row in `status`."""
+        now = time.time()
+        where = outbox.c.id.in_(list(ids)) if ids is not None else outbox.c.status == status
+        with self.engine.begin() as conn:
+            return conn.execute(
+                outbox.update().where(where, outbox.c.status != SENDING)
+                .values(status=QUEUED, next_attempt_at=now, claim=None, claimed_until=None,
+                        updated_at=now)
+            ).rowcount
+
+    def get(self, row_id: int) -> Row | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(outbox).where(outbox.c.id == row_id)).first()
+
+    def attempts_of(self, row_id: int) -> list[Row]:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(attempts).where(attempts.c.outbox_id == row_id)
+                                .order_by(attempts.c.id)).all()
+
+    def recent(self, limit: int = 50, offset: int = 0, source: str | None = None,
+               status: str | None = None, text: str | None = None) -> list[Row]:
+        query = sa.select(outbox).order_by(outbox.c.id.desc()).limit(limit).offset(offset)
+        if source:
+            query = query.where(outbox.c.source == source)
+        if status:
+            query = query.where(outbox.c.status == status)
+        if text:
+            like = f"%{text}%"
+            query = query.where(sa.or_(outbox.c.subject.like(like), outbox.c.mail_to.like(like),
+                                       outbox.c.delivery_id.like(like), outbox.c.kind.like(like)))
+        with self.engine.connect() as conn:
+            return conn.execute(query).all()
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(outbox.c.status, sa.func.count()).group_by(outbox.c.status))
+            return {status: n for status, n in rows}
+
+    def oldest_due_age(self) -> float:
+        """Seconds the oldest unsent row has waited (0 when none)."""
+        with self.engine.connect() as conn:
+            oldest = conn.execute(sa.select(sa.func.min(outbox.c.created_at))
+                                  .where(outbox.c.status.in_((QUEUED, RETRYING, SENDING)))).scalar()
+        return max(0.0, time.time() - oldest) if oldest else 0.0

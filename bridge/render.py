@@ -1,0 +1,67 @@
+"""Event → (subject, text, html) through Jinja templates; text lives in templates, not code.
+
+`<template>.subject.j2`, `.txt.j2` and `.html.j2` under bridge/templates/, or under
+TEMPLATES_DIR, which wins, so a user can override any of them without forking. A family
+without its own files falls back to `<source>/default`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from bridge.sources.base import Event
+
+PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+
+
+def one_line(value: str) -> str:
+    """Fold CR, LF and other line breaks to single spaces: a header value stays one header."""
+    return " ".join(str(value).split())
+
+
+def _finalize(value):
+    # A missing field prints as nothing, never as "None".
+    return "" if value is None else value
+
+
+class Renderer:
+    def __init__(self, templates_dir: Path | None = None):
+        loaders = [jinja2.FileSystemLoader(str(templates_dir))] if templates_dir else []
+        loaders.append(jinja2.FileSystemLoader(str(PACKAGE_TEMPLATES)))
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+            undefined=jinja2.ChainableUndefined,
+            finalize=_finalize,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        self.env.filters["one_line"] = one_line
+
+    def _pick(self, template: str, part: str) -> jinja2.Template | None:
+        source = template.split("/", 1)[0]
+        names = [f"{template}.{part}.j2", f"{source}/default.{part}.j2"]
+        try:
+            return self.env.select_template(names)
+        except jinja2.TemplatesNotFound:
+            return None
+
+    def render(self, event: Event) -> Rendered:
+        context = dict(event.context, event=event)
+        parts = {}
+        for part in ("subject", "txt", "html"):
+            template = self._pick(event.template, part)
+            parts[part] = template.render(context) if template else ""
+        subject = one_line(parts["subject"]) or event.kind
+        html = parts["html"].strip() or None
+        return Rendered(subject=subject, text=parts["txt"], html=html)

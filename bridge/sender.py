@@ -1,0 +1,122 @@
+"""The sender: claims due outbox rows, composes each mail and hands it to the transport.
+
+Runs as threads in each web process (SEND_IN_WEB=true) or in the `worker` process. Each
+thread owns one transport, so one logged-in SMTP connection serves a whole batch. No
+database transaction is open while the SMTP server is talking: claim, send, mark are three
+separate short steps. On stop, a thread finishes the message in hand and gives back the rest.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from bridge.logs import log_line
+from bridge.mail.compose import compose, envelope
+from bridge.mail.smtp import ConnectFailed, classify
+from bridge.outbox import Outbox
+
+IDLE_CLOSE_SECONDS = 15.0
+
+
+def no_attachments(row: Any) -> list[tuple[str, str, bytes]]:
+    return []
+
+
+class Sender:
+    def __init__(self, outbox: Outbox, make_transport: Callable[[], Any], batch_size: int = 20,
+                 lease_seconds: float = 120.0, poll_seconds: float = 1.0,
+                 attach: Callable[[Any], list] = no_attachments):
+        self.outbox = outbox
+        self.make_transport = make_transport
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.attach = attach
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    # -- one batch
+    def work_once(self, transport) -> int:
+        """Claim one batch and try each row once; returns how many rows were claimed."""
+        token, rows = self.outbox.claim(self.batch_size, self.lease_seconds)
+        claimed_at = time.monotonic()
+        delay = 0.0
+        try:
+            for row in rows:
+                if self.stopping.is_set():
+                    break
+                if time.monotonic() - claimed_at > self.lease_seconds / 2:
+                    self.outbox.extend(token, self.lease_seconds)
+                    claimed_at = time.monotonic()
+                if not self.deliver(transport, row, token):
+                    # No connection: the rest of the claim waits as long as this row does.
+                    delay = self.outbox.backoff(row.attempts + 1)
+                    break
+        finally:
+            if rows:
+                self.outbox.release(token, delay)
+        return len(rows)
+
+    def deliver(self, transport, row, token: str) -> bool:
+        """Send one row and record the outcome; False when the server could not be reached."""
+        started = time.monotonic()
+        try:
+            msg = compose(row, self.attach(row))
+            mail_from, rcpt_to = envelope(row)
+            detail = transport.send(msg, mail_from, rcpt_to)
+        except Exception as exc:  # every failure is recorded on the row, none is fatal
+            failure = classify(exc)
+            seconds = time.monotonic() - started
+            status = self.outbox.mark_failed(row, token, failure, seconds)
+            log_line("delivery", logging.WARNING, outbox_id=row.id, delivery_id=row.delivery_id,
+                     source=row.source, status=status, attempt=row.attempts + 1,
+                     ms=round(seconds * 1000), error=failure.detail, hint=failure.hint)
+            return not isinstance(exc, ConnectFailed)
+        seconds = time.monotonic() - started
+        self.outbox.mark_sent(row.id, token, detail, seconds)
+        log_line("delivery", outbox_id=row.id, delivery_id=row.delivery_id, source=row.source,
+                 status="sent", attempt=row.attempts + 1, ms=round(seconds * 1000),
+                 message_id=row.message_id, via=transport.describe())
+        return True
+
+    # -- the loop
+    def run(self) -> None:
+        transport = self.make_transport()
+        idle_since = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    claimed = self.work_once(transport)
+                except Exception as exc:  # the database went away: wait and try again
+                    log_line("sender_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+                    claimed = 0
+                    self.stopping.wait(self.poll_seconds)
+                if claimed:
+                    idle_since = time.monotonic()
+                    continue
+                if time.monotonic() - idle_since > IDLE_CLOSE_SECONDS:
+                    transport.close()
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+        finally:
+            transport.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self, threads: int = 1) -> None:
+        for n in range(threads):
+            thread = threading.Thread(target=self.run, name=f"bridge-sender-{n}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self, timeout: float = 25.0) -> None:
+        """Finish the message in hand, give back the rest of the claim, close connections."""
+        self.stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

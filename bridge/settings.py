@@ -1,0 +1,245 @@
+"""Environment (and `.env`) → one frozen Settings object, validated once at start-up.
+
+Every bad value raises SettingsError with one line that names the variable, so a typo in a
+Heroku config var stops the dyno with a readable reason instead of a traceback later.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+SECURITY_CHOICES = ("ssl", "starttls", "none")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def route_key(route: str) -> str:
+    """`Team-A` → `TEAM_A`: the suffix of its `MAIL_TO_<ROUTE>` variable."""
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in route.upper())
+
+
+class EnvReader:
+    """Typed reads of one mapping; each parser names the variable in its error."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def str(self, name: str, default: str = "") -> str:
+        return self.env.get(name, default).strip()
+
+    def int(self, name: str, default: int, minimum: int = 0) -> int:
+        raw = self.str(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def float(self, name: str, default: float, minimum: float = 0.0) -> float:
+        raw = self.str(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.str(name).lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+    def list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        raw = self.env.get(name)
+        if raw is None or not raw.strip():
+            return default
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        raw = self.str(name).lower() or default
+        if raw not in choices:
+            raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+        return raw
+
+    def pairs(self, name: str) -> dict[str, str]:
+        """`a=b,c=d` → {'a': 'b', 'c': 'd'}."""
+        out = {}
+        for item in self.list(name):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise SettingsError(f"{name}: {item!r} is not KEY=VALUE")
+            out[key.strip()] = value.strip()
+        return out
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: str
+    user: str
+    password: str = field(repr=False)
+    timeout: float
+    cert_file: str
+    connections: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    smtp: SmtpSettings | None            # None: deliver into the Maildir
+    mail_from: str
+    mail_to: tuple[str, ...]
+    routes: Mapping[str, tuple[str, ...]]
+    mail_dir: Path
+    database_url: str = field(repr=False)
+    send_in_web: bool
+    batch_size: int
+    lease_seconds: float
+    poll_seconds: float
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+    timezone: ZoneInfo
+    templates_dir: Path | None
+    log_level: str
+    admin_token: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    # One frozen config object per source, built by that source's `load_config`.
+    sources: Mapping[str, object] = field(default_factory=dict, repr=False)
+
+    def recipients(self, route: str | None) -> tuple[str, ...] | None:
+        """Recipients for a route (None: the default list); None when the route is unknown."""
+        if route is None:
+            return self.mail_to
+        return self.routes.get(route_key(route))
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+
+def _smtp_from_url(url: str, env: EnvReader) -> tuple[str, int, str, str, str]:
+    parts = urllib.parse.urlsplit(url)
+    schemes = {"smtps": "ssl", "smtp+ssl": "ssl", "smtp+starttls": "starttls", "smtp": "none"}
+    if parts.scheme not in schemes or not parts.hostname:
+        raise SettingsError("SMTP_URL must look like smtps://user:password@host:465 "
+                            "(schemes: smtps, smtp+starttls, smtp)")
+    security = schemes[parts.scheme]
+    try:
+        port = parts.port or {"ssl": 465, "starttls": 587, "none": 25}[security]
+    except ValueError:
+        raise SettingsError("SMTP_URL has a port that is not a number") from None
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    return parts.hostname, port, security, user, password
+
+
+def _smtp(env: EnvReader) -> SmtpSettings | None:
+    if env.str("SMTP_URL"):
+        host, port, security, user, password = _smtp_from_url(env.str("SMTP_URL"), env)
+    elif env.str("SMTP_HOST"):
+        host = env.str("SMTP_HOST")
+        port = env.int("SMTP_PORT", 465, minimum=1)
+        default_security = {465: "ssl", 587: "starttls"}.get(port, "none")
+        security = env.choice("SMTP_SECURITY", SECURITY_CHOICES, default_security)
+        user, password = env.str("SMTP_USER"), env.env.get("SMTP_PASSWORD", "")
+    else:
+        return None
+    if port > 65535:
+        raise SettingsError(f"SMTP_PORT={port} is not a TCP port")
+    if user and not password:
+        raise SettingsError("SMTP_PASSWORD is empty while SMTP_USER is set "
+                            "(QQ Mail / 163: use the authorization code, 授权码)")
+    cert_file = env.str("SSL_CERT_FILE")
+    if cert_file and not Path(cert_file).is_file():
+        raise SettingsError(f"SSL_CERT_FILE={cert_file!r} is not a readable file")
+    return SmtpSettings(host=host, port=port, security=security, user=user, password=password,
+                        timeout=env.float("SMTP_TIMEOUT", 30.0, minimum=0.1),
+                        cert_file=cert_file,
+                        connections=env.int("SMTP_CONNECTIONS", 2, minimum=1))
+
+
+def _database_url(env: EnvReader, root: Path) -> str:
+    url = env.str("DATABASE_URL")
+    if not url:
+        return f"sqlite:///{root / 'var' / 'bridge.db'}"
+    # Heroku still hands out postgres://, which SQLAlchemy 2 no longer accepts.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith(("sqlite:", "postgresql+psycopg:")):
+        return url
+    raise SettingsError("DATABASE_URL must be a postgres:// or sqlite:/// URL")
+
+
+def _routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    reader = EnvReader(env)
+    return {name[len("MAIL_TO_"):]: reader.list(name)
+            for name in env if name.startswith("MAIL_TO_") and reader.list(name)}
+
+
+def _timezone(env: EnvReader) -> ZoneInfo:
+    name = env.str("BRIDGE_TIMEZONE", "UTC")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"BRIDGE_TIMEZONE={name!r} is not a time zone (e.g. Asia/Shanghai)") from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = None) -> Settings:
+    """Build Settings from a mapping (default: os.environ after loading `.env`)."""
+    if environ is None:
+        from dotenv import load_dotenv
+        load_dotenv(Path.cwd() / ".env", override=False)
+        environ = os.environ
+    from bridge.sources import SOURCES
+
+    root = root or Path.cwd()
+    env = EnvReader(environ)
+    smtp = _smtp(env)
+    mail_from = env.str("MAIL_FROM") or (smtp.user if smtp and "@" in smtp.user else "") \
+        or f"bridge@{socket.gethostname()}"
+    templates_dir = env.str("TEMPLATES_DIR")
+    if templates_dir and not Path(templates_dir).is_dir():
+        raise SettingsError(f"TEMPLATES_DIR={templates_dir!r} is not a folder")
+    admin_token = env.str("ADMIN_TOKEN")
+    return Settings(
+        smtp=smtp,
+        mail_from=mail_from,
+        mail_to=env.list("MAIL_TO") or (mail_from,),
+        routes=_routes(environ),
+        mail_dir=(root / env.str("MAIL_DIR", "var/mail")).resolve(),
+        database_url=_database_url(env, root),
+        send_in_web=env.bool("SEND_IN_WEB", True),
+        batch_size=env.int("SENDER_BATCH", 20, minimum=1),
+        lease_seconds=env.float("SENDER_LEASE_SECONDS", 120.0, minimum=1.0),
+        poll_seconds=env.float("SENDER_POLL_SECONDS", 1.0, minimum=0.01),
+        max_attempts=env.int("MAX_ATTEMPTS", 15, minimum=1),
+        retry_base_seconds=env.float("RETRY_BASE_SECONDS", 10.0, minimum=0.0),
+        retry_max_seconds=env.float("RETRY_MAX_SECONDS", 1800.0, minimum=0.0),
+        timezone=_timezone(env),
+        templates_dir=Path(templates_dir) if templates_dir else None,
+        log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
+        admin_token=admin_token,
+        secret_key=env.str("SECRET_KEY") or os.urandom(32).hex(),
+        sources={name: source.load_config(env) for name, source in SOURCES.items()},
+    )

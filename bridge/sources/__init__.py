@@ -1,0 +1,9 @@
+"""Every source, explicitly. Each module has NAME, MAX_BODY, load_config, verify and parse."""
+from bridge.sources import generic
+
+SOURCES = {
+    generic.NAME: generic,
+}
+
+# Sources served at /hooks/<name>[/<route>] with the JSON answers of DESIGN.md.
+HOOKS = {name: SOURCES[name] for name in ("generic",)}

@@ -1,0 +1,75 @@
+"""The neutral shapes every source produces: Event, Answer, and the one typed error."""
+from __future__ import annotations
+
+import fnmatch
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class Rejected(Exception):
+    """The request cannot be taken: the web layer answers `status` with `reason` (one line)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request that is fine but makes no mail: a ping (`pong`) or nothing to parse."""
+
+    status: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, to be mailed once.
+
+    `template` names the template family (`github/push` → github/push.subject.j2, .txt.j2,
+    .html.j2); `context` is what those templates see. `dedup_key` makes a repeat a duplicate;
+    with `dedup_window` set, only a repeat within that many seconds is one. `thread_key` puts
+    every mail about one thing in one thread; `thread_root` marks the event that opens it.
+    """
+
+    source: str
+    kind: str
+    dedup_key: str
+    template: str
+    context: Mapping[str, Any]
+    thread_key: str | None = None
+    thread_root: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[Mapping[str, Any], ...] = ()
+    ignored: str | None = None
+    delivery_id: str | None = None
+    dedup_window: float | None = None
+
+
+def header(headers: Mapping[str, str], name: str) -> str:
+    """Case-insensitive header lookup on a plain mapping ('' when absent)."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return ""
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    return header(headers, "Content-Type").split(";")[0].strip().lower()
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of two secrets of any length."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_token(headers: Mapping[str, str]) -> str:
+    scheme, _, token = header(headers, "Authorization").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def matches_any(value: str, globs: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(value, glob) for glob in globs)

@@ -1,0 +1,108 @@
+"""Blueprint: /hooks/<source>[/<route>], /healthz, /readyz. Typed source errors → 4xx.
+
+The order of checks is the same for every source: size (413, before reading), route (404),
+credentials (401), parse (400/415), then store (202, or 503 when the database is away).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from bridge.intake import request_record, store
+from bridge.logs import log_line
+from bridge.sources import HOOKS
+from bridge.sources.base import Answer, Rejected
+
+bp = Blueprint("web", __name__)
+
+
+def services():
+    return current_app.extensions["bridge"]
+
+
+def answer(code: int, status: str, **fields):
+    body = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
+    return jsonify(body), code
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, refusing anything over `limit` bytes without reading it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise Rejected(413, f"body is larger than {limit} bytes")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise Rejected(413, f"body is larger than {limit} bytes")
+    return body
+
+
+@bp.post("/hooks/<name>")
+@bp.post("/hooks/<name>/<route>")
+def hook(name: str, route: str | None = None):
+    started = time.monotonic()
+    source = HOOKS.get(name)
+    if source is None:
+        return answer(404, "error", reason=f"no source named {name!r}")
+    result = _take(source, route)
+    code, body = result[1], result[0].get_json()
+    log_line("request", source=name, route=route, code=code, outcome=body.get("status"),
+             id=body.get("id"), reason=body.get("reason"), delivery_id=request.headers.get(
+                 "X-GitHub-Delivery") or request.headers.get("Idempotency-Key"),
+             ms=round((time.monotonic() - started) * 1000))
+    return result
+
+
+def _take(source, route: str | None):
+    svc = services()
+    config = svc.settings.sources[source.NAME]
+    headers = dict(request.headers)
+    try:
+        body = read_body(source.MAX_BODY)
+        recipients = svc.settings.recipients(route)
+        if recipients is None:
+            return answer(404, "error", reason=f"unknown route {route!r}: set MAIL_TO_<ROUTE>")
+        source.verify(headers, body, config)
+        parsed = source.parse(headers, body, config)
+    except Rejected as exc:
+        return answer(exc.status, "error", reason=exc.reason)
+    except Exception as exc:  # a parser bug must not become a 500 for the sender to retry forever
+        current_app.logger.exception("parse failed")
+        return answer(400, "error", reason=f"payload could not be read ({type(exc).__name__})")
+    if isinstance(parsed, Answer):
+        return answer(200, parsed.status, reason=parsed.reason or None)
+    record = request_record(request.method, request.full_path.rstrip("?"), headers, body)
+    try:
+        results = [store(svc, event, recipients, route, record) for event in parsed]
+    except (SQLAlchemyError, OSError) as exc:
+        log_line("store_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
+        return answer(503, "error", reason="the outbox database is unavailable; try again")
+    if not results:
+        return answer(200, "ignored", reason="nothing to mail in this request")
+    return _summarise(results, parsed)
+
+
+def _summarise(results, events):
+    ids = [r.id for r in results]
+    id_field = ids[0] if len(ids) == 1 else ids
+    if any(r.status == "accepted" for r in results):
+        return answer(202, "accepted", id=id_field)
+    if all(r.status == "ignored" for r in results):
+        reasons = "; ".join(sorted({e.ignored for e in events if e.ignored}))
+        return answer(200, "ignored", id=id_field, reason=reasons)
+    return answer(200, "duplicate", id=id_field, reason="already received")
+
+
+@bp.get("/healthz")
+def healthz():
+    return answer(200, "ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    try:
+        services().outbox.ping()
+    except (SQLAlchemyError, OSError) as exc:
+        return answer(503, "error", reason=f"database unreachable ({type(exc).__name__})")
+    return answer(200, "ok")

@@ -1,0 +1,20 @@
+"""gunicorn settings for the Procfile's web process (Heroku-style: PORT, WEB_CONCURRENCY)."""
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Heroku sends SIGTERM and waits 30 s; the sender needs part of that to finish a message.
+graceful_timeout = 25
+timeout = 30
+accesslog = None
+forwarded_allow_ips = "*"
+
+
+def worker_exit(server, worker):
+    # Finish the message in hand and give back the rest of the claim, within the grace period.
+    import sys
+    wsgi = sys.modules.get("bridge.wsgi")
+    if wsgi is not None:
+        wsgi.services.sender.stop(timeout=graceful_timeout - 5)
