@@ -106,3 +106,25 @@ def postgres_url():
     values = dict(line.split("=", 1) for line in started.stdout.split())
     yield values["DATABASE_URL"]
     subprocess.run(["bash", str(script), "stop", values["PGTMP_DIR"]], capture_output=True)
+
+
+@pytest.fixture
+def live_bridge(make_app):
+    """A bridge on a real HTTP port with its sender running: make(**env) → base URL, app."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    servers = []
+
+    def make(**overrides):
+        app = make_app(**overrides)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        app.extensions["bridge"].start_sender()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}", app
+
+    yield make
+    for server in servers:
+        server.shutdown()
