@@ -59,7 +59,8 @@ class _Controller(Controller):
               and auth_data.login.decode() == srv.user and auth_data.password.decode() == srv.password)
         with srv.lock:
             srv.logins += 1 if ok else 0
-            srv.failed_logins += 0 if ok else 1
+            if not ok:  # smtplib tries each mechanism in turn: count sessions, not AUTH lines
+                srv.failed_sessions.add(id(session))
         return AuthResult(success=ok, handled=False)
 
 
@@ -73,7 +74,8 @@ class SmtpServer:
         self.messages: list = []
         self.envelopes: list = []
         self.failures: list[str] = []
-        self.logins = self.failed_logins = 0
+        self.logins = 0
+        self.failed_sessions: set[int] = set()
         self.stall_seconds = self.delay_seconds = 0.0
         self.lock = threading.Lock()
         cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -100,6 +102,10 @@ class SmtpServer:
         if self.user:
             env.update(SMTP_USER=self.user, SMTP_PASSWORD=self.password)
         return env
+
+    @property
+    def failed_logins(self) -> int:
+        return len(self.failed_sessions)
 
     def wait_for(self, n: int, timeout: float = 10.0) -> list:
         deadline = time.monotonic() + timeout
