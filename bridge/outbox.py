@@ -209,16 +209,23 @@ class Outbox:
             ).all()
         return token, sorted(rows, key=lambda r: r.id)
 
-    def mark_sent(self, row_id: int, token: str, detail: str, seconds: float) -> bool:
+    def mark_sent(self, token: str, sent: list[tuple[int, str, float]]) -> int:
+        """Record (row id, server answer, seconds) for rows this claim delivered, in one
+        transaction: a sender that dies before this resends at most its batch."""
+        if not sent:
+            return 0
         now = time.time()
+        ids = [row_id for row_id, _, _ in sent]
         with self.engine.begin() as conn:
             done = conn.execute(
-                outbox.update().where(outbox.c.id == row_id, outbox.c.claim == token)
+                outbox.update().where(outbox.c.id.in_(ids), outbox.c.claim == token)
                 .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
                         claim=None, claimed_until=None, last_error=None, hint=None)
             ).rowcount
-            self._log_attempt(conn, row_id, now, SENT, detail, seconds)
-        return bool(done)
+            conn.execute(attempts.insert(), [
+                {"outbox_id": row_id, "at": now, "outcome": SENT, "detail": detail[:2000], "seconds": seconds}
+                for row_id, detail, seconds in sent])
+        return done
 
     def mark_failed(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
         """Record a failed attempt; the row goes back to the queue with backoff, or dies."""

@@ -69,8 +69,8 @@ def test_claim_lease_and_fencing(db_url):
     time.sleep(0.35)
     token2, rows2 = box.claim(10, lease=30)           # the lease ran out: due again
     assert [r.id for r in rows2] == [row_id]
-    assert box.mark_sent(row_id, token, "late", 0.1) is False   # the old claim cannot mark it
-    assert box.mark_sent(row_id, token2, "ok", 0.1) is True
+    assert box.mark_sent(token, [(row_id, "late", 0.1)]) == 0   # the old claim cannot mark it
+    assert box.mark_sent(token2, [(row_id, "ok", 0.1)]) == 1
     assert box.get(row_id).status == SENT
 
 
