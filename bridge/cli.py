@@ -8,6 +8,7 @@ import uuid
 
 import click
 from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 
 from bridge.intake import store
 from bridge.mail.smtp import classify
@@ -20,6 +21,7 @@ def _services():
 
 
 @click.command("worker")
+@with_appcontext
 def worker_command():
     """Drain the outbox until SIGTERM (the Procfile's worker process)."""
     svc = _services()
@@ -36,6 +38,7 @@ def worker_command():
 
 @click.command("send-test")
 @click.option("--timeout", default=30.0, help="Seconds to wait for the outcome.")
+@with_appcontext
 def send_test_command(timeout: float):
     """Queue one test mail to MAIL_TO, deliver it, print the outcome."""
     svc = _services()
@@ -67,6 +70,7 @@ def send_test_command(timeout: float):
 
 
 @click.command("check-smtp")
+@with_appcontext
 def check_smtp_command():
     """Connect and log in to the SMTP server, nothing more; one line of verdict."""
     transport = _services().make_transport()
@@ -80,7 +84,7 @@ def check_smtp_command():
     click.echo(f"OK {transport.describe()}")
 
 
-@click.group("outbox")
+@click.group("outbox", cls=AppGroup)
 def outbox_group():
     """Look at the outbox; queue dead rows again."""
 
