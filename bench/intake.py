@@ -49,6 +49,12 @@ def lua_table(headers: dict[str, str]) -> str:
     return "{" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}"
 
 
+def default_endpoint() -> str:
+    """/hooks/github when this checkout has the GitHub source, else /hooks/generic (same path)."""
+    from bridge.sources import HOOKS
+    return "github" if "github" in HOOKS else "generic"
+
+
 def request_for(endpoint: str, tmp: Path) -> tuple[str, dict[str, str], str, Path]:
     """(path, headers, per-request id header, body file) for one kind of delivery."""
     body_file = tmp / "body.json"
@@ -61,6 +67,14 @@ def request_for(endpoint: str, tmp: Path) -> tuple[str, dict[str, str], str, Pat
         id_header = "Idempotency-Key"
     body_file.write_bytes(body)
     return f"/hooks/{endpoint}", headers, id_header, body_file
+
+
+def wrk_script(endpoint: str, tmp: Path, name: str, expect: int) -> Path:
+    path, headers, id_header, body_file = request_for(endpoint, tmp)
+    script = tmp / f"{name}.lua"
+    script.write_text(LUA % {"body": body_file, "headers": lua_table(headers),
+                             "id_header": id_header, "path": path, "expect": expect})
+    return script
 
 
 def wrk(url: str, script: Path, seconds: int, connections: int) -> dict:
@@ -98,18 +112,14 @@ def stored_rows(tmp: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--endpoint", choices=("github", "generic"), default="github")
+    parser.add_argument("--endpoint", choices=("github", "generic"), default=default_endpoint())
     parser.add_argument("--seconds", type=int, default=8, help="per round")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     tmp = workdir("intake")
-    path, headers, id_header, body_file = request_for(args.endpoint, tmp)
-    scripts = {}
-    for name, expect in (("bridge", 202), ("bare", 204)):
-        scripts[name] = tmp / f"{name}.lua"
-        scripts[name].write_text(LUA % {"body": body_file, "headers": lua_table(headers),
-                                        "id_header": id_header, "path": path, "expect": expect})
+    scripts = {"bridge": wrk_script(args.endpoint, tmp, "bridge", 202),
+               "bare": wrk_script(args.endpoint, tmp, "bare", 204)}
     env = bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET)
     ports = {"bridge": free_port(), "bare": free_port()}
     apps = {"bridge": "bridge.wsgi:app", "bare": "bench.bare_app:app"}
@@ -125,7 +135,7 @@ def main() -> None:
             server.stop()
     bridge, bare = measured["bridge"], measured["bare"]
     rows = stored_rows(tmp)
-    label = f"/hooks/{args.endpoint} {body_file.stat().st_size // 1024} KB, {args.connections} conns"
+    label = f"/hooks/{args.endpoint} {(tmp / 'body.json').stat().st_size // 1024} KB, {args.connections} conns"
     context = f"median of {args.rounds} alternating {args.seconds} s rounds; load avg {load:.1f} at start"
     result("intake", f"req/s {label}", bridge["rps"], "req/s", bare["rps"], ">= 0.8",
            bridge["rps"] >= 0.8 * bare["rps"], note=context)
