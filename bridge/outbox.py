@@ -209,7 +209,8 @@ class GroupCommit:
                 for waiting in group:
                     self._run([waiting])
                 return
-            group[0].error, group[0].done = exc, True
+            for waiting in group:
+                waiting.error, waiting.done = exc, True
             return
         for waiting, stored in zip(group, results):
             waiting.result, waiting.done = stored, True
