@@ -209,8 +209,7 @@ class GroupCommit:
                 for waiting in group:
                     self._run([waiting])
                 return
-            for waiting in group:
-                waiting.error, waiting.done = exc, True
+            group[0].error, group[0].done = exc, True
             return
         for waiting, stored in zip(group, results):
             waiting.result, waiting.done = stored, True
