@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -71,15 +69,6 @@ attempts = sa.Table(
 )
 
 
-# Built once: building a statement per request cost more CPU than running it (intake path).
-INSERT_ROW = outbox.insert().returning(outbox.c.id)
-LATEST = (sa.select(outbox.c.id).where(outbox.c.fingerprint == sa.bindparam("fingerprint"))
-          .order_by(outbox.c.id.desc()).limit(1))
-LATEST_SINCE = LATEST.where(outbox.c.created_at > sa.bindparam("since"))
-COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
-                   .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
-
-
 @dataclass(frozen=True)
 class NewMail:
     """A rendered mail, ready to be stored."""
@@ -120,25 +109,6 @@ class Failure:
     hint: str | None = None
 
 
-def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
-    """BEGIN IMMEDIATE, waiting up to `timeout` for other writers. SQLite's own busy wait
-    sleeps ever longer (up to 100 ms) between tries, so under load a waiter sleeps through
-    the moments the lock is free and a few requests wait a second; try every 0.5 ms instead."""
-    deadline = time.monotonic() + timeout
-    dbapi_conn.execute("PRAGMA busy_timeout=0")
-    try:
-        while True:
-            try:
-                dbapi_conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
-            time.sleep(0.0005)
-    finally:
-        dbapi_conn.execute("PRAGMA busy_timeout=30000")
-
-
 def _sqlite_engine(url: str) -> Engine:
     path = sa.engine.make_url(url).database
     if path and path != ":memory:":
@@ -156,7 +126,7 @@ def _sqlite_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn):
-        _begin_immediate(conn.connection.dbapi_connection)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -168,53 +138,6 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
                             pool_recycle=300, connect_args={"connect_timeout": 5})
 
 
-@dataclass
-class _Waiting:
-    item: Any
-    result: Any = None
-    error: Exception | None = None
-    done: bool = False
-
-
-class GroupCommit:
-    """`submit(item)` from many threads: whoever holds the lock stores every item waiting, in
-    one transaction, with `store_all(items) -> results`; the others find their result ready.
-    If a group fails for a reason other than the database itself, each of its items is tried
-    alone, so one bad item fails only itself."""
-
-    def __init__(self, store_all):
-        self.store_all = store_all
-        self.lock = threading.Lock()
-        self.queue_lock = threading.Lock()
-        self.waiting: list[_Waiting] = []
-
-    def submit(self, item):
-        mine = _Waiting(item)
-        with self.queue_lock:
-            self.waiting.append(mine)
-        with self.lock:
-            if not mine.done:
-                with self.queue_lock:
-                    group, self.waiting = self.waiting, []
-                self._run(group)
-        if mine.error is not None:
-            raise mine.error
-        return mine.result
-
-    def _run(self, group: list[_Waiting]) -> None:
-        try:
-            results = self.store_all([waiting.item for waiting in group])
-        except Exception as exc:
-            if len(group) > 1 and not isinstance(exc, (sa.exc.OperationalError, OSError)):
-                for waiting in group:
-                    self._run([waiting])
-                return
-            group[0].error, group[0].done = exc, True
-            return
-        for waiting, stored in zip(group, results):
-            waiting.result, waiting.done = stored, True
-
-
 class Outbox:
     def __init__(self, engine: Engine, retry_base: float = 10.0, retry_max: float = 1800.0,
                  max_attempts: int = 15):
@@ -223,11 +146,6 @@ class Outbox:
         self.retry_max = retry_max
         self.max_attempts = max_attempts
         self.is_postgres = engine.dialect.name == "postgresql"
-        # SQLite: each commit waits for an fsync (about 5 ms here) and writers take turns, so
-        # a request thread that finds a commit under way is stored with others in the next
-        # one. Not on PostgreSQL: it groups commits itself, and taking several rows' advisory
-        # locks in one transaction could deadlock with another process doing the same.
-        self._group = None if self.is_postgres else GroupCommit(self._store_all)
 
     # -- schema
     def create_schema(self) -> None:
@@ -243,42 +161,34 @@ class Outbox:
     # -- intake
     def enqueue(self, mail: NewMail) -> Stored:
         """Store `mail` durably, or say which stored row it duplicates."""
-        if self._group is None:
-            return self._store_all([mail])[0]
-        return self._group.submit(mail)
-
-    def _store_all(self, mails: list[NewMail]) -> list[Stored]:
-        with self.engine.begin() as conn:
-            return [self._store(conn, mail) for mail in mails]
-
-    def _store(self, conn, mail: NewMail) -> Stored:
         now = time.time()
-        if self.is_postgres:  # serialise checks of one key across processes
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": mail.dedup_key})
-        existing = self._existing(conn, mail, now)
-        if existing is not None:
-            conn.execute(COUNT_DUPLICATE, {"row_id": existing, "now": now})
-            return Stored(existing, "duplicate")
-        key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
-        row_id = conn.execute(INSERT_ROW, dict(
-            dedup_key=key, fingerprint=mail.dedup_key, source=mail.source, kind=mail.kind,
-            route=mail.route, delivery_id=mail.delivery_id,
-            status=IGNORED if mail.ignored else QUEUED,
-            subject=mail.subject, text=mail.text, html=mail.html, mail_from=mail.mail_from,
-            mail_to=", ".join(mail.mail_to), message_id=mail.message_id,
-            in_reply_to=mail.in_reply_to, headers=json.dumps(dict(mail.headers)),
-            attachments=json.dumps(list(mail.attachments)),
-            request=json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
-            attempts=0, duplicates=0, next_attempt_at=now, created_at=now, updated_at=now,
-        )).scalar_one()
+        with self.engine.begin() as conn:
+            if self.is_postgres:  # serialise checks of one key across processes
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": mail.dedup_key})
+            existing = self._existing(conn, mail, now)
+            if existing is not None:
+                conn.execute(outbox.update().where(outbox.c.id == existing)
+                             .values(duplicates=outbox.c.duplicates + 1, updated_at=now))
+                return Stored(existing, "duplicate")
+            key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
+            row_id = conn.execute(outbox.insert().values(
+                dedup_key=key, fingerprint=mail.dedup_key, source=mail.source, kind=mail.kind,
+                route=mail.route, delivery_id=mail.delivery_id,
+                status=IGNORED if mail.ignored else QUEUED,
+                subject=mail.subject, text=mail.text, html=mail.html, mail_from=mail.mail_from,
+                mail_to=", ".join(mail.mail_to), message_id=mail.message_id,
+                in_reply_to=mail.in_reply_to, headers=json.dumps(dict(mail.headers)),
+                attachments=json.dumps(list(mail.attachments)),
+                request=json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
+                attempts=0, duplicates=0, next_attempt_at=now, created_at=now, updated_at=now,
+            ).returning(outbox.c.id)).scalar_one()
         return Stored(row_id, "ignored" if mail.ignored else "accepted")
 
-    @staticmethod
-    def _existing(conn, mail: NewMail, now: float) -> int | None:
-        if mail.dedup_window is None:
-            return conn.execute(LATEST, {"fingerprint": mail.dedup_key}).scalar()
-        return conn.execute(LATEST_SINCE, {"fingerprint": mail.dedup_key,
-                                           "since": now - mail.dedup_window}).scalar()
+    def _existing(self, conn, mail: NewMail, now: float) -> int | None:
+        query = sa.select(outbox.c.id).where(outbox.c.fingerprint == mail.dedup_key)
+        if mail.dedup_window is not None:
+            query = query.where(outbox.c.created_at > now - mail.dedup_window)
+        return conn.execute(query.order_by(outbox.c.id.desc()).limit(1)).scalar()
 
     # -- sending
     def claim(self, limit: int, lease: float) -> tuple[str, list[Row]]:
