@@ -17,7 +17,7 @@ from typing import Mapping
 
 from bridge.logs import log_line
 from bridge.settings import EnvReader, SettingsError
-from bridge.sources.base import Answer, Event, Rejected, header, matches_any, media_type
+from bridge.sources.base import Answer, Event, Rejected, header, media_type
 from bridge.sources.github_views import Limits, Payload, View, dig, router, scalar
 
 NAME = "github"
@@ -26,7 +26,7 @@ MAX_BODY = 25 * 1024 * 1024  # GitHub's own cap on a payload
 DEFAULT_EVENTS = ("*", "!check_run", "!workflow_job", "!status", "!check_suite.requested",
                   "!check_suite.rerequested", "!workflow_run.requested", "!workflow_run.in_progress",
                   "!*.completed.success", "!*.completed.skipped", "!*.completed.neutral")
-GLOB = re.compile(r"!?[A-Za-z0-9_.*?\[\]-]+")
+GLOB = re.compile(r"!?[A-Za-z0-9_.*?-]+")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _globs(env: EnvReader, name: str, default: tuple[str, ...] = ()) -> tuple[st
     globs = env.list(name, default)
     bad = [g for g in globs if not GLOB.fullmatch(g)]
     if bad:
-        raise SettingsError(f"{name}: {bad[0]!r} is not a glob (letters, digits, _ . - * ? [ ] and a leading !)")
+        raise SettingsError(f"{name}: {bad[0]!r} is not a glob (letters, digits, _ . - * ? and a leading !)")
     return globs
 
 
@@ -159,13 +159,19 @@ def list_label(scope: str) -> str:
 
 # --------------------------------------------------------------------------- filters
 
+def matches_any(value: str, globs: tuple[str, ...] | list[str]) -> bool:
+    """Globs with * and ? only: brackets are literal, so `*[bot]` means what it says."""
+    return any(re.fullmatch(re.escape(g).replace(r"\*", ".*").replace(r"\?", "."), value, re.DOTALL)
+               for g in globs)
+
+
 def selected(names: list[str], globs: tuple[str, ...]) -> bool:
     """True when a plain glob matches one of `names` and no `!glob` does (only `!` globs: all
     but those)."""
     wanted = [g for g in globs if not g.startswith("!")] or ["*"]
     unwanted = [g[1:] for g in globs if g.startswith("!")]
-    return any(matches_any(name, tuple(wanted)) for name in names) \
-        and not any(matches_any(name, tuple(unwanted)) for name in names)
+    return any(matches_any(name, wanted) for name in names) \
+        and not any(matches_any(name, unwanted) for name in names)
 
 
 def event_names(p: Payload, view: View) -> list[str]:
