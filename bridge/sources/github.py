@@ -22,10 +22,13 @@ from bridge.sources.github_views import Limits, Payload, View, dig, router, scal
 
 NAME = "github"
 MAX_BODY = 25 * 1024 * 1024  # GitHub's own cap on a payload
-# Everything a person acts on; CI noise (queued/running runs, every check run, successes) off.
-DEFAULT_EVENTS = ("*", "!check_run", "!workflow_job", "!status", "!check_suite.requested",
-                  "!check_suite.rerequested", "!workflow_run.requested", "!workflow_run.in_progress",
-                  "!*.completed.success", "!*.completed.skipped", "!*.completed.neutral")
+# Everything a person acts on. Off: CI chatter (per-job and per-check events, queued and running
+# runs, successes; workflow_run carries the outcome of GitHub Actions) and the two extra events
+# GitHub sends with every release.published (created, released/prereleased).
+DEFAULT_EVENTS = ("*", "!check_run", "!check_suite", "!workflow_job", "!status",
+                  "!workflow_run.requested", "!workflow_run.in_progress", "!*.completed.success",
+                  "!*.completed.skipped", "!*.completed.neutral", "!release.created",
+                  "!release.released", "!release.prereleased")
 GLOB = re.compile(r"!?[A-Za-z0-9_.*?-]+")
 
 

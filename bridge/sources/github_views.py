@@ -303,6 +303,7 @@ def comment_view(p: Payload) -> View:
 
 @router.register("release")
 def release_view(p: Payload) -> View:
+    # `published` opens the thread: `created` is a draft or comes with it, and is off by default.
     release = p.get("release")
     url = scalar(dig(release, "html_url"))
     assets = dig(release, "assets")
@@ -312,10 +313,10 @@ def release_view(p: Payload) -> View:
                "prerelease": dig(release, "prerelease") is True, "draft": dig(release, "draft") is True,
                "assets": [{"name": scalar(dig(a, "name")), "url": scalar(dig(a, "browser_download_url"))}
                           for a in assets if isinstance(a, dict)] if isinstance(assets, list) else [],
-               "reply": p.action != "created",
+               "reply": p.action != "published",
                **markdown(dig(release, "body"), url, p.limits.max_body_chars)}
     return View("github/release", context, thread_key=f"{p.repo}:release/{p.text('release', 'id')}",
-                thread_root=p.action == "created")
+                thread_root=p.action == "published")
 
 
 @router.register("workflow_run", "workflow_job", "check_run", "check_suite")
