@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import urllib.parse
@@ -17,7 +16,7 @@ from typing import Mapping
 
 from bridge.logs import log_line
 from bridge.settings import EnvReader, SettingsError
-from bridge.sources.base import Answer, Event, Rejected, header, media_type
+from bridge.sources.base import Answer, Event, Rejected, header, json_object, media_type
 from bridge.sources.github_views import Limits, Payload, View, dig, router, scalar
 
 NAME = "github"
@@ -98,13 +97,7 @@ def decode(headers: Mapping[str, str], body: bytes) -> dict:
         raw = body
     else:
         raise Rejected(415, "send Content-Type: application/json or application/x-www-form-urlencoded")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected(400, f"payload is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise Rejected(400, "payload must be a JSON object")
-    return doc
+    return json_object(raw, "payload")
 
 
 def parse(headers: Mapping[str, str], body: bytes, config: Config) -> list[Event] | Answer:

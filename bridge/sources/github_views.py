@@ -7,7 +7,7 @@ payload fields: every word a reader sees lives in bridge/templates/github/.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from markdown_it import MarkdownIt
@@ -16,11 +16,11 @@ from markupsafe import Markup
 # Objects that describe where an event happened rather than what happened.
 WHERE_KEYS = ("repository", "sender", "organization", "installation", "enterprise", "changes")
 # Keys worth showing in the generic mail: noise such as ids and API URLs is left out.
+HIDDEN_FIELDS = ("id", "url", "action", "body", "description")
 HIDDEN_FIELD_SUFFIXES = ("_url", "node_id", "_id", "_sha")
 MAX_GENERIC_FIELDS = 12
 FIELD_CHARS = 200
 FAILED_CONCLUSIONS = ("failure", "timed_out", "startup_failure", "action_required", "error")
-ZERO_SHA = "0" * 40
 
 _markdown = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 
@@ -86,6 +86,11 @@ def scalar(value: Any) -> str:
     return ""
 
 
+def at(value: Any, *path) -> str:
+    """The text at `path` inside `value` ('' when the path or the value is not there)."""
+    return scalar(dig(value, *path))
+
+
 def first_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else ""
 
@@ -147,14 +152,9 @@ def common(p: Payload) -> dict[str, Any]:
             "sender_url": p.text("sender", "html_url")}
 
 
-def logins(items: Any) -> list[str]:
-    return [scalar(dig(i, "login")) for i in items or [] if scalar(dig(i, "login"))] \
-        if isinstance(items, list) else []
-
-
-def names(items: Any) -> list[str]:
-    return [scalar(dig(i, "name")) for i in items or [] if scalar(dig(i, "name"))] \
-        if isinstance(items, list) else []
+def texts(items: Any, key: str) -> list[str]:
+    """The `key` of each object in a list: labels' names, assignees' logins, ..."""
+    return [at(i, key) for i in items if at(i, key)] if isinstance(items, list) else []
 
 
 def threaded(p: Payload, template: str, context: dict, root_action: str) -> View:
@@ -170,7 +170,7 @@ def threaded(p: Payload, template: str, context: dict, root_action: str) -> View
 def generic_view(p: Payload) -> View:
     """Any event or action without a view of its own: the main object's key fields."""
     main_key, main = main_object(p)
-    url = (scalar(dig(main, "html_url")) or p.text("compare") or p.text("repository", "html_url")
+    url = (at(main, "html_url") or p.text("compare") or p.text("repository", "html_url")
            or p.text("sender", "html_url"))
     fields = [(k, v) for k, v in scalar_fields(p.doc) + scalar_fields(main)][:MAX_GENERIC_FIELDS]
     body_source = dig(main, "body") or dig(main, "description")
@@ -191,7 +191,7 @@ def main_object(p: Payload) -> tuple[str, Any]:
 
 def object_name(obj: Any) -> str:
     for key in ("title", "name", "tag_name", "login", "full_name", "key", "ref"):
-        name = scalar(dig(obj, key))
+        name = at(obj, key)
         if name:
             return name
     return ""
@@ -203,7 +203,7 @@ def scalar_fields(obj: Any) -> list[tuple[str, str]]:
     out = []
     for key, value in obj.items():
         text = scalar(value)
-        if not text or key in ("id", "url", "action", "body", "description") or key.endswith(HIDDEN_FIELD_SUFFIXES):
+        if not text or key in HIDDEN_FIELDS or key.endswith(HIDDEN_FIELD_SUFFIXES):
             continue
         out.append((key, text if len(text) <= FIELD_CHARS else text[:FIELD_CHARS] + "…"))
     return out
@@ -239,7 +239,7 @@ def ref_names(ref: str) -> dict[str, str]:
 
 def commit_line(commit: dict) -> dict[str, str]:
     return {"sha": short_sha(scalar(commit.get("id"))), "title": first_line(scalar(commit.get("message"))),
-            "author": scalar(dig(commit, "author", "name")) or scalar(dig(commit, "author", "username")),
+            "author": at(commit, "author", "name") or at(commit, "author", "username"),
             "url": scalar(commit.get("url"))}
 
 
@@ -268,19 +268,19 @@ def item_view(p: Payload) -> View:
     obj = p.get("issue" if p.event == "issues" else p.event)
     merged = p.event == "pull_request" and p.action == "closed" and bool(p.get("pull_request", "merged"))
     shows_body = p.action in ("opened", "created", "edited", "reopened", "transferred")
-    url = scalar(dig(obj, "html_url"))
+    url = at(obj, "html_url")
     context = {
         "verb": "merged" if merged else p.action, "kind": kind, "url": url,
-        "author": scalar(dig(obj, "user", "login")), "state": scalar(dig(obj, "state")),
-        "draft": dig(obj, "draft") is True, "labels": names(dig(obj, "labels")),
-        "assignees": logins(dig(obj, "assignees")), "milestone": scalar(dig(obj, "milestone", "title")),
+        "author": at(obj, "user", "login"), "state": at(obj, "state"),
+        "draft": dig(obj, "draft") is True, "labels": texts(dig(obj, "labels"), "name"),
+        "assignees": texts(dig(obj, "assignees"), "login"), "milestone": at(obj, "milestone", "title"),
         "label": p.text("label", "name"), "assignee": p.text("assignee", "login"),
         "reviewer": p.text("requested_reviewer", "login") or p.text("requested_team", "name"),
-        "base": scalar(dig(obj, "base", "ref")), "head": scalar(dig(obj, "head", "label")),
-        "commits": scalar(dig(obj, "commits")), "additions": scalar(dig(obj, "additions")),
-        "deletions": scalar(dig(obj, "deletions")), "changed_files": scalar(dig(obj, "changed_files")),
-        "merge_sha": short_sha(scalar(dig(obj, "merge_commit_sha"))) if merged else "",
-        "old_title": p.text("changes", "title", "from"), "category": scalar(dig(obj, "category", "name")),
+        "base": at(obj, "base", "ref"), "head": at(obj, "head", "label"),
+        "commits": at(obj, "commits"), "additions": at(obj, "additions"),
+        "deletions": at(obj, "deletions"), "changed_files": at(obj, "changed_files"),
+        "merge_sha": short_sha(at(obj, "merge_commit_sha")) if merged else "",
+        "old_title": p.text("changes", "title", "from"), "category": at(obj, "category", "name"),
         "answer_url": p.text("answer", "html_url"),
         **(markdown(dig(obj, "body"), url, p.limits.max_body_chars) if shows_body else {}),
     }
@@ -292,11 +292,11 @@ def item_view(p: Payload) -> View:
                  "pull_request_review")
 def comment_view(p: Payload) -> View:
     note = p.get("review") if p.event == "pull_request_review" else p.get("comment")
-    url = scalar(dig(note, "html_url"))
-    context = {"url": url, "author": scalar(dig(note, "user", "login")),
-               "review_state": scalar(dig(note, "state")) if p.event == "pull_request_review" else "",
-               "path": scalar(dig(note, "path")), "line": scalar(dig(note, "line")),
-               "hunk": scalar(dig(note, "diff_hunk")), "old_body": p.text("changes", "body", "from"),
+    url = at(note, "html_url")
+    context = {"url": url, "author": at(note, "user", "login"),
+               "review_state": at(note, "state") if p.event == "pull_request_review" else "",
+               "path": at(note, "path"), "line": at(note, "line"),
+               "hunk": at(note, "diff_hunk"), "old_body": p.text("changes", "body", "from"),
                **markdown(dig(note, "body"), url, p.limits.max_body_chars)}
     return threaded(p, "github/comment", context, root_action="")
 
@@ -305,13 +305,13 @@ def comment_view(p: Payload) -> View:
 def release_view(p: Payload) -> View:
     # `published` opens the thread: `created` is a draft or comes with it, and is off by default.
     release = p.get("release")
-    url = scalar(dig(release, "html_url"))
+    url = at(release, "html_url")
     assets = dig(release, "assets")
-    context = {**common(p), "url": url, "tag": scalar(dig(release, "tag_name")),
-               "name": scalar(dig(release, "name")), "target": scalar(dig(release, "target_commitish")),
-               "author": scalar(dig(release, "author", "login")),
+    context = {**common(p), "url": url, "tag": at(release, "tag_name"),
+               "name": at(release, "name"), "target": at(release, "target_commitish"),
+               "author": at(release, "author", "login"),
                "prerelease": dig(release, "prerelease") is True, "draft": dig(release, "draft") is True,
-               "assets": [{"name": scalar(dig(a, "name")), "url": scalar(dig(a, "browser_download_url"))}
+               "assets": [{"name": at(a, "name"), "url": at(a, "browser_download_url")}
                           for a in assets if isinstance(a, dict)] if isinstance(assets, list) else [],
                "reply": p.action != "published",
                **markdown(dig(release, "body"), url, p.limits.max_body_chars)}
@@ -322,24 +322,23 @@ def release_view(p: Payload) -> View:
 @router.register("workflow_run", "workflow_job", "check_run", "check_suite")
 def run_view(p: Payload) -> View:
     run = p.get(p.event)
-    conclusion = scalar(dig(run, "conclusion"))
-    name = (scalar(dig(run, "name")) or p.text("workflow", "name") or scalar(dig(run, "workflow_name"))
-            or scalar(dig(run, "app", "name")))
+    conclusion = at(run, "conclusion")
+    name = (at(run, "name") or p.text("workflow", "name") or at(run, "workflow_name")
+            or at(run, "app", "name"))
     context = {
         **common(p), "kind": p.event, "name": name, "conclusion": conclusion,
-        "status": scalar(dig(run, "status")), "failed": conclusion in FAILED_CONCLUSIONS,
-        "branch": scalar(dig(run, "head_branch")) or scalar(dig(run, "check_suite", "head_branch")),
-        "sha": short_sha(scalar(dig(run, "head_sha"))), "title": scalar(dig(run, "display_title")),
-        "run_number": scalar(dig(run, "run_number")), "workflow": scalar(dig(run, "workflow_name")),
-        "trigger": scalar(dig(run, "event")), "actor": scalar(dig(run, "actor", "login")),
-        "commit_title": first_line(scalar(dig(run, "head_commit", "message"))),
-        "summary": scalar(dig(run, "output", "title")),
-        "pull_requests": [scalar(dig(pr, "number")) for pr in dig(run, "pull_requests") or []
-                          if scalar(dig(pr, "number"))] if isinstance(dig(run, "pull_requests"), list) else [],
-        "url": scalar(dig(run, "html_url")) or scalar(dig(run, "details_url"))
+        "status": at(run, "status"), "failed": conclusion in FAILED_CONCLUSIONS,
+        "branch": at(run, "head_branch") or at(run, "check_suite", "head_branch"),
+        "sha": short_sha(at(run, "head_sha")), "title": at(run, "display_title"),
+        "run_number": at(run, "run_number"), "workflow": at(run, "workflow_name"),
+        "trigger": at(run, "event"), "actor": at(run, "actor", "login"),
+        "commit_title": first_line(at(run, "head_commit", "message")),
+        "summary": at(run, "output", "title"),
+        "pull_requests": texts(dig(run, "pull_requests"), "number"),
+        "url": at(run, "html_url") or at(run, "details_url")
         or p.text("repository", "html_url"),
     }
-    key = scalar(dig(run, "workflow_id")) or name
+    key = at(run, "workflow_id") or name
     return View("github/run", context, thread_key=f"{p.repo}:run/{key}/{context['branch']}",
                 outcome=conclusion)
 
@@ -363,7 +362,7 @@ def deployment_view(p: Payload) -> View:
 @router.register("status")
 def status_view(p: Payload) -> View:
     state = p.text("state")
-    branches = names(p.get("branches"))
+    branches = texts(p.get("branches"), "name")
     context = {**common(p), "kind": p.event, "name": p.text("context"), "conclusion": state,
                "status": state, "failed": state in FAILED_CONCLUSIONS,
                "branch": branches[0] if len(branches) == 1 else "", "sha": short_sha(p.text("sha")),
@@ -379,24 +378,24 @@ def status_view(p: Payload) -> View:
 def alert_view(p: Payload) -> View:
     alert = p.get("alert") if isinstance(p.get("alert"), dict) else p.get("security_advisory")
     advisory = dig(alert, "security_advisory") or p.get("security_advisory")
-    number = scalar(dig(alert, "number")) or scalar(dig(alert, "ghsa_id"))
-    url = scalar(dig(alert, "html_url")) or p.text("repository", "html_url")
+    number = at(alert, "number") or at(alert, "ghsa_id")
+    url = at(alert, "html_url") or p.text("repository", "html_url")
     context = {
-        **common(p), "kind": p.event, "number": number, "url": url, "state": scalar(dig(alert, "state")),
-        "summary": (scalar(dig(advisory, "summary")) or scalar(dig(alert, "rule", "description"))
-                    or scalar(dig(alert, "secret_type_display_name"))
-                    or scalar(dig(alert, "affected_package_name"))),
-        "severity": (scalar(dig(alert, "security_vulnerability", "severity")) or scalar(dig(advisory, "severity"))
-                     or scalar(dig(alert, "rule", "security_severity_level"))
-                     or scalar(dig(alert, "rule", "severity")) or scalar(dig(alert, "severity"))),
-        "package": (scalar(dig(alert, "dependency", "package", "name")) or scalar(dig(alert, "affected_package_name"))),
-        "manifest": scalar(dig(alert, "dependency", "manifest_path")),
-        "location": scalar(dig(alert, "most_recent_instance", "location", "path")),
-        "tool": scalar(dig(alert, "tool", "name")), "identifier": (
-            scalar(dig(advisory, "cve_id")) or scalar(dig(advisory, "ghsa_id"))
-            or scalar(dig(alert, "external_identifier"))),
-        "fixed_in": scalar(dig(alert, "security_vulnerability", "first_patched_version", "identifier"))
-        or scalar(dig(alert, "fixed_in")),
+        **common(p), "kind": p.event, "number": number, "url": url, "state": at(alert, "state"),
+        "summary": (at(advisory, "summary") or at(alert, "rule", "description")
+                    or at(alert, "secret_type_display_name")
+                    or at(alert, "affected_package_name")),
+        "severity": (at(alert, "security_vulnerability", "severity") or at(advisory, "severity")
+                     or at(alert, "rule", "security_severity_level")
+                     or at(alert, "rule", "severity") or at(alert, "severity")),
+        "package": (at(alert, "dependency", "package", "name") or at(alert, "affected_package_name")),
+        "manifest": at(alert, "dependency", "manifest_path"),
+        "location": at(alert, "most_recent_instance", "location", "path"),
+        "tool": at(alert, "tool", "name"), "identifier": (
+            at(advisory, "cve_id") or at(advisory, "ghsa_id")
+            or at(alert, "external_identifier")),
+        "fixed_in": at(alert, "security_vulnerability", "first_patched_version", "identifier")
+        or at(alert, "fixed_in"),
         "reply": p.action not in ("created", "create", "published"),
         **markdown(dig(advisory, "description"), url, p.limits.max_body_chars),
     }
