@@ -212,7 +212,8 @@ def test_routes_pick_recipients_and_unknown_routes_are_404(gh):
 
 
 @pytest.mark.parametrize("event, action, view", [
-    ("pull_request", "closed", "item_view"),
+    ("pull_request", "closed", "closed_pull_request_view"),
+    ("pull_request", "opened", "item_view"),
     ("issues", "a_new_action_from_2030", "item_view"),
     ("push", "", "push_view"),
     ("watch", "started", "star_view"),

@@ -263,14 +263,14 @@ def ref_view(p: Payload) -> View:
 
 
 @router.register("issues", "pull_request", "discussion")
-def item_view(p: Payload) -> View:
+def item_view(p: Payload, verb: str = "") -> View:
+    verb = verb or p.action
     kind = item_thread(p).get("item_kind", p.event)
     obj = p.get("issue" if p.event == "issues" else p.event)
-    merged = p.event == "pull_request" and p.action == "closed" and bool(p.get("pull_request", "merged"))
     shows_body = p.action in ("opened", "created", "edited", "reopened", "transferred")
     url = at(obj, "html_url")
     context = {
-        "verb": "merged" if merged else p.action, "kind": kind, "url": url,
+        "verb": verb, "kind": kind, "url": url,
         "author": at(obj, "user", "login"), "state": at(obj, "state"),
         "draft": dig(obj, "draft") is True, "labels": texts(dig(obj, "labels"), "name"),
         "assignees": texts(dig(obj, "assignees"), "login"), "milestone": at(obj, "milestone", "title"),
@@ -279,13 +279,19 @@ def item_view(p: Payload) -> View:
         "base": at(obj, "base", "ref"), "head": at(obj, "head", "label"),
         "commits": at(obj, "commits"), "additions": at(obj, "additions"),
         "deletions": at(obj, "deletions"), "changed_files": at(obj, "changed_files"),
-        "merge_sha": short_sha(at(obj, "merge_commit_sha")) if merged else "",
+        "merge_sha": short_sha(at(obj, "merge_commit_sha")) if verb == "merged" else "",
         "old_title": p.text("changes", "title", "from"), "category": at(obj, "category", "name"),
         "answer_url": p.text("answer", "html_url"),
         **(markdown(dig(obj, "body"), url, p.limits.max_body_chars) if shows_body else {}),
     }
     root_action = "created" if p.event == "discussion" else "opened"
     return threaded(p, "github/item", context, root_action)
+
+
+@router.register("pull_request", action="closed")
+def closed_pull_request_view(p: Payload) -> View:
+    """`closed` is two things to a reader: merged, or closed without merging."""
+    return item_view(p, verb="merged" if p.get("pull_request", "merged") is True else "closed")
 
 
 @router.register("issue_comment", "discussion_comment", "pull_request_review_comment",
