@@ -147,3 +147,23 @@ def test_issue_mails_share_one_thread_over_real_smtp(live_bridge, smtp_server, c
     assert comment.get_body(("plain",)).get_content().startswith("bob commented on issue #7.")
     assert closed.get_body(("plain",)).get_content().startswith("carol closed issue #7.")
     assert opened["X-GitHub-Event"] == "issues" and closed["X-GitHub-Sender"] == "carol"
+
+
+def test_a_branch_threads_its_creation_pushes_and_deletion(client_app):
+    client, app = client_app
+    create = {"ref": "main", "ref_type": "branch", "repository": REPO, "sender": {"login": "alice"}}
+    delete = dict(create)
+    rows = [mail_for(client_app, "create", create), mail_for(client_app, "push", push(2)),
+            mail_for(client_app, "delete", delete)]
+    assert {row.in_reply_to for row in rows} != {None} and len({row.in_reply_to for row in rows}) == 1
+    assert {row.subject for row in rows} == {"[acme/widgets] Pushes to main"}
+    assert rows[2].text.startswith("alice deleted branch main.")
+
+
+def test_templates_dir_overrides_a_family(make_app, tmp_path):
+    (tmp_path / "github").mkdir()
+    (tmp_path / "github" / "star.j2").write_text(
+        '{% set subject %}[{{ scope }}] ★ {{ sender }}{% endset %}{% set headline %}Star!{% endset %}')
+    app = make_app(GITHUB_WEBHOOK_SECRET=SECRET, TEMPLATES_DIR=str(tmp_path))
+    row = mail_for((app.test_client(), app), "star", {"action": "created", "repository": REPO, "sender": {"login": "bo"}})
+    assert row.subject == "[acme/widgets] ★ bo" and row.text.startswith("Star!")
