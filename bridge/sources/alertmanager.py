@@ -266,9 +266,17 @@ def _ordered(alerts: list[dict]) -> list[dict]:
                                          a.get("startsAt") or "", fingerprint(a)))
 
 
+def shared_labels(alerts: list[dict]) -> dict[str, str]:
+    """What Alertmanager puts in commonLabels, for senders that leave it out."""
+    first, *rest = [a.get("labels") or {} for a in alerts]
+    return {name: value for name, value in first.items() if all(other.get(name) == value for other in rest)}
+
+
 def group_view(doc: dict, config: Config, now: dt.datetime) -> dict[str, Any]:
     group_labels = doc.get("groupLabels") or {}
-    common = doc.get("commonLabels") or {}
+    common = doc.get("commonLabels")
+    if common is None:
+        common = shared_labels(doc["alerts"])
     external_url = http_url(doc.get("externalURL") or "")
     if external_url:
         external_url = external_url.rstrip("/")
