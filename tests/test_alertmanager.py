@@ -360,3 +360,10 @@ def test_database_away_is_503(am_app):
     am_app.extensions["bridge"].outbox.engine = sa.create_engine("sqlite:////nonexistent/dir/x.db")
     r = post(am_app.test_client(), notification([make_alert()]))
     assert r.status_code == 503
+
+
+def test_a_kilobyte_label_value_does_not_make_a_kilobyte_subject():
+    a = make_alert()
+    a["labels"]["query"] = "x" * 5000
+    subject = render(notification([a])).subject
+    assert len(subject) == 300 and subject.startswith("[FIRING:1] HighCPUUsage (") and subject.endswith("…")
