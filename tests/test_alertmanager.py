@@ -4,6 +4,7 @@ import base64
 import datetime as dt
 import json
 import re
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -313,7 +314,6 @@ def test_repeat_after_the_window_is_mailed_with_its_own_message_id(make_app):
     client = app.test_client()
     doc = notification([make_alert()])
     assert post(client, doc).status_code == 202
-    import time
     time.sleep(0.3)
     assert post(client, doc).status_code == 202
     reminder, original = rows(app)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
 from bridge.settings import EnvReader
-from bridge.sources.base import Event, Rejected, header, matches_any, media_type, same_secret
+from bridge.sources.base import Event, Rejected, header, json_object, matches_any, media_type, same_secret
 
 NAME = "alertmanager"
 MAX_BODY = 10 * 1024 * 1024
@@ -125,12 +125,7 @@ def _time(doc: dict, name: str, where: str) -> dt.datetime | None:
 
 def load_group(body: bytes) -> dict:
     """The notification as a dict, after checking it is a version-4 alert group."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise Rejected(400, "body must be a JSON object (an Alertmanager webhook notification)")
+    doc = json_object(body, "a JSON object (an Alertmanager webhook notification)")
     if doc.get("version") != "4":
         raise Rejected(400, f'payload version {_quote(doc.get("version"))} is not "4" '
                             "(Alertmanager webhook payload version 4 expected)")

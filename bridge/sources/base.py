@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -59,6 +60,17 @@ def header(headers: Mapping[str, str], name: str) -> str:
 
 def media_type(headers: Mapping[str, str]) -> str:
     return header(headers, "Content-Type").split(";")[0].strip().lower()
+
+
+def json_object(body: bytes, what: str = "a JSON object") -> dict:
+    """The body parsed as a JSON object, or Rejected(400) saying what was expected."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Rejected(400, f"body must be {what}")
+    return doc
 
 
 def same_secret(given: str, expected: str) -> bool:
