@@ -72,3 +72,15 @@ def test_real_alertmanager_fires_and_resolves_threaded(alertmanager, live_bridge
     assert f"{am.url}/#/silences/new?filter=" in cpu_text
     resolved_text = by_subject["[RESOLVED] InstanceDown (prod node-3:9100 critical)"].get_body(("plain",)).get_content()
     assert "RESOLVED: 1 alert resolved for InstanceDown" in resolved_text and "lasted" in resolved_text
+
+
+@pytest.mark.slow
+def test_helper_without_receiver_serves_the_api(alertmanager):  # noqa: F811
+    """The chat-command tests use the helper this way: an Alertmanager to query, no webhook."""
+    am = alertmanager()
+    assert am.alerts() == [] and am.silences() == []
+    sent = am.fire({"alertname": "DiskFull", "instance": "db-1"}, {"summary": "磁盘满了"})
+    (listed,) = am.alerts()
+    assert listed["labels"] == sent["labels"] and listed["annotations"]["summary"] == "磁盘满了"
+    am.resolve([sent])
+    assert wait_until(lambda: am.alerts(active="true") == [], 5)
