@@ -114,7 +114,7 @@ def test_mixed_group_says_which_alerts_fire_and_which_resolved():
                         make_alert(instance="b:1")])
     text = render(doc).text
     firing, resolved = text.index("== Firing (1) =="), text.index("== Resolved (1) ==")
-    assert firing < text.index("HighCPUUsage on b:1") < resolved < text.index("HighCPUUsage on a:1")
+    assert firing < text.index("] HighCPUUsage on b:1") < resolved < text.index("] HighCPUUsage on a:1")
     assert "[RESOLVED, warning] HighCPUUsage on a:1" in text
     assert "resolved 2026-03-01 11:15:30 UTC, lasted 1h 15m" in text
     assert "FIRING: 1 alert firing, 1 resolved for HighCPUUsage" in text
@@ -367,3 +367,11 @@ def test_a_kilobyte_label_value_does_not_make_a_kilobyte_subject():
     a["labels"]["query"] = "x" * 5000
     subject = render(notification([a])).subject
     assert len(subject) == 300 and subject.startswith("[FIRING:1] HighCPUUsage (") and subject.endswith("…")
+
+
+def test_without_a_common_summary_the_most_severe_alert_leads():
+    doc = notification([make_alert(instance="a:1", severity="info", summary="minor thing"),
+                        make_alert(instance="b:1", severity="critical", summary="big thing")])
+    rendered = render(doc)
+    assert rendered.text.splitlines()[:2] == ["big thing (and 1 more)", "FIRING: 2 alerts firing for HighCPUUsage"]
+    assert "big thing (and 1 more)" in rendered.html

@@ -280,16 +280,18 @@ def group_view(doc: dict, config: Config, now: dt.datetime) -> dict[str, Any]:
     listed_firing = by_status["firing"][:config.max_alerts]
     listed_resolved = by_status["resolved"][:max(0, config.max_alerts - len(listed_firing))]
 
-    def views(alerts):
-        return [alert_view(a, common, external_url, config, now) for a in alerts]
-
-    single = (doc["alerts"][0].get("annotations") or {}) if len(doc["alerts"]) == 1 else {}
+    firing = [alert_view(a, common, external_url, config, now) for a in listed_firing]
+    resolved = [alert_view(a, common, external_url, config, now) for a in listed_resolved]
+    # The summary leads the mail: the group's common one, else the first listed alert's.
+    common_summary = (doc.get("commonAnnotations") or {}).get("summary", "")
+    lead = common_summary or next((a["summary"] for a in firing + resolved), "")
     return {
         "status": doc["status"],
         "receiver": receiver,
         "alertname": common.get("alertname", ""),
         "severity": common.get("severity", ""),
-        "summary": (doc.get("commonAnnotations") or {}).get("summary") or single.get("summary", ""),
+        "summary": lead,
+        "summary_others": len(doc["alerts"]) - 1 if lead and not common_summary else 0,
         "group_labels": sorted(group_labels.items()),
         "common_labels": shown_labels(common, group_labels, config),
         # Alertmanager's default subject: values only, group labels then the other common ones.
@@ -298,8 +300,8 @@ def group_view(doc: dict, config: Config, now: dt.datetime) -> dict[str, Any]:
         "alert_count": len(doc["alerts"]),
         "firing_count": len(by_status["firing"]),
         "resolved_count": len(by_status["resolved"]),
-        "firing": views(listed_firing),
-        "resolved": views(listed_resolved),
+        "firing": firing,
+        "resolved": resolved,
         "unlisted_firing": len(by_status["firing"]) - len(listed_firing),
         "unlisted_resolved": len(by_status["resolved"]) - len(listed_resolved),
         "max_alerts": config.max_alerts,
