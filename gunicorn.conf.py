@@ -4,7 +4,8 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Threads mostly wait on the database; more of them keep /healthz answered under load.
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # Heroku sends SIGTERM and waits 30 s; the sender needs part of that to finish a message.
 graceful_timeout = 25
 timeout = 30

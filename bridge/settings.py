@@ -120,6 +120,7 @@ class Settings:
     database_url: str = field(repr=False)
     send_in_web: bool
     batch_size: int
+    intake_max_inflight: int
     lease_seconds: float
     poll_seconds: float
     max_attempts: int
@@ -230,6 +231,7 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         database_url=_database_url(env, root),
         send_in_web=env.bool("SEND_IN_WEB", True),
         batch_size=env.int("SENDER_BATCH", 20, minimum=1),
+        intake_max_inflight=env.int("INTAKE_MAX_INFLIGHT", 8, minimum=1),
         lease_seconds=env.float("SENDER_LEASE_SECONDS", 120.0, minimum=1.0),
         poll_seconds=env.float("SENDER_POLL_SECONDS", 1.0, minimum=0.01),
         max_attempts=env.int("MAX_ATTEMPTS", 15, minimum=1),
