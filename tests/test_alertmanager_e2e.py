@@ -8,17 +8,10 @@ import time
 import pytest
 
 from tests.amserver import alertmanager  # noqa: F401  (fixture)
+from tests.util import wait_until
 
 TOKEN = "e2e-bearer-Tok3n"
 
-
-def wait_until(condition, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 def alert(name: str, instance: str, severity: str, summary: str) -> dict:

@@ -16,17 +16,10 @@ from bridge.outbox import RETRYING, SENT, Outbox, make_engine
 from tests.flood import flood
 from tests.procs import start_web
 from tests.smtpd import SmtpServer
+from tests.util import wait_until
 
 OUTAGE_SECONDS = float(os.environ.get("FAULT_OUTAGE_SECONDS", "60"))
 
-
-def wait(predicate, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_smtp_down_for_a_minute_mid_stream(live_bridge, ca, cafile):
@@ -44,7 +37,7 @@ def test_smtp_down_for_a_minute_mid_stream(live_bridge, ca, cafile):
     try:
         for _ in range(5):
             post()
-        assert wait(lambda: len(smtp.messages) == 5, 10)
+        assert wait_until(lambda: len(smtp.messages) == 5, 10)
         smtp.stop()
         outage_end = time.monotonic() + OUTAGE_SECONDS
         while time.monotonic() < outage_end:          # the stream goes on while the server is away
@@ -52,7 +45,7 @@ def test_smtp_down_for_a_minute_mid_stream(live_bridge, ca, cafile):
             time.sleep(1)
         during = outbox.counts()
         smtp.start()
-        assert wait(lambda: outbox.counts() == {SENT: posted}, 30), outbox.counts()
+        assert wait_until(lambda: outbox.counts() == {SENT: posted}, 30), outbox.counts()
     finally:
         smtp.stop()
     assert during.get(RETRYING, 0) > 0 and during.get(SENT) == 5

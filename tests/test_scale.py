@@ -12,6 +12,7 @@ import requests
 from bridge.outbox import SENT, Outbox, make_engine, metadata
 from tests.procs import start_web, start_worker
 from tests.smtpd import SmtpServer
+from tests.util import wait_until
 
 EVENTS = 2000
 BATCH = 10
@@ -25,14 +26,6 @@ def pg_url(postgres_url):
     engine.dispose()
     return postgres_url
 
-
-def wait(predicate, timeout, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_two_webs_two_workers_kill_and_outage(tmp_path, pg_url, ca):
@@ -69,7 +62,7 @@ def test_two_webs_two_workers_kill_and_outage(tmp_path, pg_url, ca):
 
         def all_sent():
             return outbox.counts() == {SENT: EVENTS}
-        assert wait(all_sent, 120), outbox.counts()
+        assert wait_until(all_sent, 120), outbox.counts()
         ids = Counter(m["Message-ID"] for m in smtp.messages)
         subjects = {m["Subject"] for m in smtp.messages}
         duplicates = sum(ids.values()) - len(ids)
