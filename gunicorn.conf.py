@@ -4,10 +4,14 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Threads mostly wait on the database; more of them keep /healthz answered under load.
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # Heroku sends SIGTERM and waits 30 s; the sender needs part of that to finish a message.
 graceful_timeout = 25
 timeout = 30
+# Longer than gunicorn's 2 s default: a client that pauses ~2 s and reuses its pooled connection
+# would otherwise race the server's close and see "connection aborted" instead of an answer.
+keepalive = 10
 accesslog = None
 forwarded_allow_ips = "*"
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -27,6 +28,7 @@ class Services:
     outbox: Outbox
     renderer: Renderer
     sender: Sender
+    intake_slots: threading.Semaphore
 
     def make_transport(self):
         if self.settings.smtp is None:
@@ -48,7 +50,7 @@ def build_services(settings: Settings) -> Services:
                     max_attempts=settings.max_attempts)
     outbox.create_schema()
     services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
-                        sender=None)
+                        sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight))
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds)
     return services

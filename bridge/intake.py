@@ -1,6 +1,7 @@
 """Event → rendered, stored outbox row: the one path every source's events take."""
 from __future__ import annotations
 
+import uuid
 from typing import Any, Mapping
 
 from bridge.mail.compose import mail_domain, thread_ids
@@ -25,7 +26,10 @@ def store(services, event: Event, recipients: tuple[str, ...], route: str | None
     """Render `event`, store it (idempotently), and wake the sender."""
     settings = services.settings
     rendered = services.renderer.render(event)
-    msg_id, in_reply_to = thread_ids(event.dedup_key, event.thread_key, event.thread_root,
+    # A windowed key comes back as a new mail after its window (a reminder): it needs a
+    # Message-ID of its own, or mail clients drop it as a copy of the first one.
+    id_key = event.dedup_key if event.dedup_window is None else f"{event.dedup_key}@{uuid.uuid4().hex}"
+    msg_id, in_reply_to = thread_ids(id_key, event.thread_key, event.thread_root,
                                      mail_domain(settings.mail_from))
     stored = services.outbox.enqueue(NewMail(
         dedup_key=event.dedup_key, source=event.source, kind=event.kind,

@@ -8,8 +8,12 @@ sender whose lease ran out cannot overwrite the row another sender now owns.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
+import queue
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -69,6 +73,15 @@ attempts = sa.Table(
 )
 
 
+# Built once: intake runs these per request, and building a statement costs more than running it.
+_FIND_KEY = (sa.select(outbox.c.id)
+             .where(outbox.c.fingerprint == sa.bindparam("key"), outbox.c.created_at > sa.bindparam("since"))
+             .order_by(outbox.c.id.desc()).limit(1))
+_COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
+                    .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
+_INSERT = outbox.insert().returning(outbox.c.id)
+
+
 @dataclass(frozen=True)
 class NewMail:
     """A rendered mail, ready to be stored."""
@@ -109,6 +122,46 @@ class Failure:
     hint: str | None = None
 
 
+class GroupCommitter:
+    """Runs `store(batch)` on one thread for whatever callers are waiting, so a burst of
+    requests shares one transaction. A failed transaction fails every caller in it: none of
+    them was stored, and each answers 503."""
+
+    MAX_GROUP = 64
+
+    def __init__(self, store):
+        self.store = store
+        self.pending: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def submit(self, item):
+        done = concurrent.futures.Future()
+        self.pending.put((item, done))
+        with self.lock:  # started on first use: after gunicorn forks, not before
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="outbox-commit", daemon=True)
+                self.thread.start()
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            group = [self.pending.get()]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    group.append(self.pending.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.store([item for item, _ in group])
+            except BaseException as exc:  # handed to every caller; this thread lives on
+                for _, done in group:
+                    done.set_exception(exc)
+            else:
+                for (_, done), result in zip(group, results):
+                    done.set_result(result)
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sa.engine.make_url(url).database
     if path and path != ":memory:":
@@ -146,10 +199,19 @@ class Outbox:
         self.retry_max = retry_max
         self.max_attempts = max_attempts
         self.is_postgres = engine.dialect.name == "postgresql"
+        # SQLite has one writer at a time; threads of one process queue here, on a lock that
+        # wakes the next at once, instead of in SQLite's busy handler, which sleeps up to 100 ms.
+        self._write_lock = threading.Lock() if not self.is_postgres else contextlib.nullcontext()
+        self._committer = GroupCommitter(self._store_group)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     # -- schema
     def create_schema(self) -> None:
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             if self.is_postgres:  # several web workers start at once; one creates the tables
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
             metadata.create_all(conn, checkfirst=True)
@@ -160,35 +222,38 @@ class Outbox:
 
     # -- intake
     def enqueue(self, mail: NewMail) -> Stored:
-        """Store `mail` durably, or say which stored row it duplicates."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            if self.is_postgres:  # serialise checks of one key across processes
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": mail.dedup_key})
-            existing = self._existing(conn, mail, now)
-            if existing is not None:
-                conn.execute(outbox.update().where(outbox.c.id == existing)
-                             .values(duplicates=outbox.c.duplicates + 1, updated_at=now))
-                return Stored(existing, "duplicate")
-            key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
-            row_id = conn.execute(outbox.insert().values(
-                dedup_key=key, fingerprint=mail.dedup_key, source=mail.source, kind=mail.kind,
-                route=mail.route, delivery_id=mail.delivery_id,
-                status=IGNORED if mail.ignored else QUEUED,
-                subject=mail.subject, text=mail.text, html=mail.html, mail_from=mail.mail_from,
-                mail_to=", ".join(mail.mail_to), message_id=mail.message_id,
-                in_reply_to=mail.in_reply_to, headers=json.dumps(dict(mail.headers)),
-                attachments=json.dumps(list(mail.attachments)),
-                request=json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
-                attempts=0, duplicates=0, next_attempt_at=now, created_at=now, updated_at=now,
-            ).returning(outbox.c.id)).scalar_one()
-        return Stored(row_id, "ignored" if mail.ignored else "accepted")
+        """Store `mail` durably, or say which stored row it duplicates. Concurrent callers
+        share one transaction (group commit): one fsync for many requests under load, and
+        each caller still returns only after its row is committed."""
+        return self._committer.submit(mail)
 
-    def _existing(self, conn, mail: NewMail, now: float) -> int | None:
-        query = sa.select(outbox.c.id).where(outbox.c.fingerprint == mail.dedup_key)
-        if mail.dedup_window is not None:
-            query = query.where(outbox.c.created_at > now - mail.dedup_window)
-        return conn.execute(query.order_by(outbox.c.id.desc()).limit(1)).scalar()
+    def _store_group(self, mails: list[NewMail]) -> list[Stored]:
+        now = time.time()
+        with self._writing() as conn:
+            if self.is_postgres:  # serialise checks of one key across processes, in one order
+                for key in sorted({m.dedup_key for m in mails}):
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+            return [self._store_one(conn, mail, now) for mail in mails]
+
+    def _store_one(self, conn, mail: NewMail, now: float) -> Stored:
+        since = 0.0 if mail.dedup_window is None else now - mail.dedup_window
+        existing = conn.execute(_FIND_KEY, {"key": mail.dedup_key, "since": since}).scalar()
+        if existing is not None:
+            conn.execute(_COUNT_DUPLICATE, {"row_id": existing, "now": now})
+            return Stored(existing, "duplicate")
+        key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
+        row_id = conn.execute(_INSERT, {
+            "dedup_key": key, "fingerprint": mail.dedup_key, "source": mail.source, "kind": mail.kind,
+            "route": mail.route, "delivery_id": mail.delivery_id,
+            "status": IGNORED if mail.ignored else QUEUED,
+            "subject": mail.subject, "text": mail.text, "html": mail.html, "mail_from": mail.mail_from,
+            "mail_to": ", ".join(mail.mail_to), "message_id": mail.message_id,
+            "in_reply_to": mail.in_reply_to, "headers": json.dumps(dict(mail.headers)),
+            "attachments": json.dumps(list(mail.attachments)),
+            "request": json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
+            "attempts": 0, "duplicates": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
+        }).scalar_one()
+        return Stored(row_id, "ignored" if mail.ignored else "accepted")
 
     # -- sending
     def claim(self, limit: int, lease: float) -> tuple[str, list[Row]]:
@@ -201,7 +266,7 @@ class Outbox:
         )
         ids = (sa.select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at, outbox.c.id)
                .limit(limit).with_for_update(skip_locked=True))
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             rows = conn.execute(
                 outbox.update().where(outbox.c.id.in_(ids.scalar_subquery()))
                 .values(status=SENDING, claim=token, claimed_until=now + lease, updated_at=now)
@@ -209,23 +274,28 @@ class Outbox:
             ).all()
         return token, sorted(rows, key=lambda r: r.id)
 
-    def mark_sent(self, token: str, sent: list[tuple[int, str, float]]) -> int:
-        """Record (row id, server answer, seconds) for rows this claim delivered, in one
-        transaction: a sender that dies before this resends at most its batch."""
-        if not sent:
-            return 0
+    def finish(self, token: str, sent: list[tuple[int, str, float]], delay: float = 0.0) -> tuple[int, int]:
+        """Close a claim in one transaction: mark the rows it delivered (row id, server answer,
+        seconds) sent, and give back the rows it did not get to, due again after `delay`.
+        A sender that dies before this resends at most its batch. Returns (marked, released)."""
         now = time.time()
         ids = [row_id for row_id, _, _ in sent]
-        with self.engine.begin() as conn:
-            done = conn.execute(
+        with self._writing() as conn:
+            marked = conn.execute(
                 outbox.update().where(outbox.c.id.in_(ids), outbox.c.claim == token)
                 .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
                         claim=None, claimed_until=None, last_error=None, hint=None)
+            ).rowcount if ids else 0
+            if sent:
+                conn.execute(attempts.insert(), [
+                    {"outbox_id": row_id, "at": now, "outcome": SENT, "detail": detail[:2000],
+                     "seconds": seconds} for row_id, detail, seconds in sent])
+            released = conn.execute(
+                outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
+                .values(status=sa.case((outbox.c.attempts > 0, RETRYING), else_=QUEUED),
+                        claim=None, claimed_until=None, next_attempt_at=now + delay, updated_at=now)
             ).rowcount
-            conn.execute(attempts.insert(), [
-                {"outbox_id": row_id, "at": now, "outcome": SENT, "detail": detail[:2000], "seconds": seconds}
-                for row_id, detail, seconds in sent])
-        return done
+        return marked, released
 
     def mark_failed(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
         """Record a failed attempt; the row goes back to the queue with backoff, or dies."""
@@ -233,7 +303,7 @@ class Outbox:
         attempts = row.attempts + 1
         dead = failure.permanent or (failure.counts and attempts >= self.max_attempts)
         status = DEAD if dead else RETRYING
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 outbox.update().where(outbox.c.id == row.id, outbox.c.claim == token)
                 .values(status=status, attempts=attempts, claim=None, claimed_until=None,
@@ -246,19 +316,9 @@ class Outbox:
     def extend(self, token: str, lease: float) -> None:
         """Keep a claim for `lease` more seconds (a slow server must not let it lapse)."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
                          .values(claimed_until=now + lease))
-
-    def release(self, token: str, delay: float = 0.0) -> int:
-        """Give back what a claim did not get to: due again after `delay` seconds."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            return conn.execute(
-                outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
-                .values(status=sa.case((outbox.c.attempts > 0, RETRYING), else_=QUEUED),
-                        claim=None, claimed_until=None, next_attempt_at=now + delay, updated_at=now)
-            ).rowcount
 
     def backoff(self, attempts: int) -> float:
         """Exponential, capped, with ±25 % jitter so a fleet of retries does not stampede."""
@@ -275,7 +335,7 @@ class Outbox:
         """Queue rows again now (their Message-ID stays): given ids, or every row in `status`."""
         now = time.time()
         where = outbox.c.id.in_(list(ids)) if ids is not None else outbox.c.status == status
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             return conn.execute(
                 outbox.update().where(where, outbox.c.status != SENDING)
                 .values(status=QUEUED, next_attempt_at=now, claim=None, claimed_until=None,

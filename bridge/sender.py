@@ -18,6 +18,7 @@ from bridge.mail.smtp import ConnectFailed, classify
 from bridge.outbox import Outbox
 
 IDLE_CLOSE_SECONDS = 15.0
+BATCH_LINGER_SECONDS = 0.05
 
 
 def no_attachments(row: Any) -> list[tuple[str, str, bytes]]:
@@ -58,8 +59,7 @@ class Sender:
                     break
         finally:
             if rows:
-                self.outbox.mark_sent(token, sent)
-                self.outbox.release(token, delay)
+                self.outbox.finish(token, sent, delay)
         return len(rows)
 
     def deliver(self, transport, row, token: str, sent: list) -> bool:
@@ -97,13 +97,16 @@ class Sender:
                     log_line("sender_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
                     claimed = 0
                     self.stopping.wait(self.poll_seconds)
+                if claimed == self.batch_size:
+                    continue  # a full batch: more is probably due
                 if claimed:
                     idle_since = time.monotonic()
-                    continue
-                if time.monotonic() - idle_since > IDLE_CLOSE_SECONDS:
+                elif time.monotonic() - idle_since > IDLE_CLOSE_SECONDS:
                     transport.close()
-                self._wake.wait(self.poll_seconds)
-                self._wake.clear()
+                if self._wake.wait(self.poll_seconds):
+                    self._wake.clear()
+                    # Let a burst gather: one claim and one commit for many rows, not per row.
+                    self.stopping.wait(BATCH_LINGER_SECONDS)
         finally:
             transport.close()
 

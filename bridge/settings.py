@@ -80,6 +80,13 @@ class EnvReader:
             raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
         return raw
 
+    def zone(self, name: str, default: str = "UTC") -> ZoneInfo:
+        raw = self.str(name, default) or default
+        try:
+            return ZoneInfo(raw)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SettingsError(f"{name}={raw!r} is not a time zone (e.g. Asia/Shanghai)") from None
+
     def pairs(self, name: str) -> dict[str, str]:
         """`a=b,c=d` → {'a': 'b', 'c': 'd'}."""
         out = {}
@@ -113,6 +120,7 @@ class Settings:
     database_url: str = field(repr=False)
     send_in_web: bool
     batch_size: int
+    intake_max_inflight: int
     lease_seconds: float
     poll_seconds: float
     max_attempts: int
@@ -197,14 +205,6 @@ def _routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
             for name in env if name.startswith("MAIL_TO_") and reader.list(name)}
 
 
-def _timezone(env: EnvReader) -> ZoneInfo:
-    name = env.str("BRIDGE_TIMEZONE", "UTC")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(f"BRIDGE_TIMEZONE={name!r} is not a time zone (e.g. Asia/Shanghai)") from None
-
-
 def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = None) -> Settings:
     """Build Settings from a mapping (default: os.environ after loading `.env`)."""
     if environ is None:
@@ -231,12 +231,13 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         database_url=_database_url(env, root),
         send_in_web=env.bool("SEND_IN_WEB", True),
         batch_size=env.int("SENDER_BATCH", 20, minimum=1),
+        intake_max_inflight=env.int("INTAKE_MAX_INFLIGHT", 8, minimum=1),
         lease_seconds=env.float("SENDER_LEASE_SECONDS", 120.0, minimum=1.0),
         poll_seconds=env.float("SENDER_POLL_SECONDS", 1.0, minimum=0.01),
         max_attempts=env.int("MAX_ATTEMPTS", 15, minimum=1),
         retry_base_seconds=env.float("RETRY_BASE_SECONDS", 10.0, minimum=0.0),
         retry_max_seconds=env.float("RETRY_MAX_SECONDS", 1800.0, minimum=0.0),
-        timezone=_timezone(env),
+        timezone=env.zone("BRIDGE_TIMEZONE"),
         templates_dir=Path(templates_dir) if templates_dir else None,
         log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
         admin_token=admin_token,

@@ -45,7 +45,16 @@ def hook(name: str, route: str | None = None):
     source = HOOKS.get(name)
     if source is None:
         return answer(404, "error", reason=f"no source named {name!r}")
-    result = _take(source, route)
+    slots = services().intake_slots
+    if not slots.acquire(blocking=False):
+        # Shed load at once rather than queue: a flood must not starve /healthz or time out
+        # the senders that are already being served.
+        result = answer(429, "error", reason="too many requests in flight; retry shortly")
+    else:
+        try:
+            result = _take(source, route)
+        finally:
+            slots.release()
     code, body = result[1], result[0].get_json()
     log_line("request", source=name, route=route, code=code, outcome=body.get("status"),
              id=body.get("id"), reason=body.get("reason"), delivery_id=request.headers.get(

@@ -99,7 +99,7 @@ class SmtpTransport:
             self.conn = self.connect()
         try:
             refused = self.conn.send_message(msg, mail_from, rcpt_to)
-        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+        except (smtplib.SMTPServerDisconnected, ConnectionError):
             self.close()
             if not reused:
                 raise

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -59,6 +60,17 @@ def header(headers: Mapping[str, str], name: str) -> str:
 
 def media_type(headers: Mapping[str, str]) -> str:
     return header(headers, "Content-Type").split(";")[0].strip().lower()
+
+
+def json_object(raw: str | bytes, what: str = "body") -> dict:
+    """Decode a JSON object, or refuse with 400 and a one-line reason."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected(400, f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Rejected(400, f"{what} must be a JSON object")
+    return doc
 
 
 def same_secret(given: str, expected: str) -> bool:

@@ -5,13 +5,12 @@ The smallest source, and the shape the others copy: load_config, verify, parse.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from bridge.settings import EnvReader
-from bridge.sources.base import Event, Rejected, bearer_token, header, media_type, same_secret
+from bridge.sources.base import Event, Rejected, bearer_token, header, json_object, media_type, same_secret
 
 NAME = "generic"
 MAX_BODY = 1024 * 1024
@@ -44,12 +43,7 @@ def _text_field(doc: dict, name: str, required: bool) -> str | None:
 def parse(headers: Mapping[str, str], body: bytes, config: Config) -> list[Event]:
     if media_type(headers) != "application/json":
         raise Rejected(415, "send Content-Type: application/json")
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise Rejected(400, "body must be a JSON object")
+    doc = json_object(body)
     subject = _text_field(doc, "subject", required=True)
     if len(subject) > MAX_SUBJECT:
         raise Rejected(400, f'"subject" is longer than {MAX_SUBJECT} characters')

@@ -1,0 +1,205 @@
+"""POST /hooks/github: GitHub webhook deliveries (docs/github.md).
+
+Sans-I/O: raw headers and bytes in, Events or an Answer out. The signature is checked over the
+raw body before anything is decoded, since a re-serialised payload would never match.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from bridge.logs import log_line
+from bridge.settings import EnvReader, SettingsError
+from bridge.sources.base import Answer, Event, Rejected, header, json_object, media_type
+from bridge.sources.github_views import Limits, Payload, View, dig, router, scalar
+
+NAME = "github"
+MAX_BODY = 25 * 1024 * 1024  # GitHub's own cap on a payload
+# Everything a person acts on. Off: CI chatter (per-job and per-check events, queued and running
+# runs, successes; workflow_run carries the outcome of GitHub Actions) and the two extra events
+# GitHub sends with every release.published (created, released/prereleased).
+DEFAULT_EVENTS = ("*", "!check_run", "!check_suite", "!workflow_job", "!status",
+                  "!workflow_run.requested", "!workflow_run.in_progress", "!*.completed.success",
+                  "!*.completed.skipped", "!*.completed.neutral", "!release.created",
+                  "!release.released", "!release.prereleased")
+GLOB = re.compile(r"!?[A-Za-z0-9_.*?-]+")
+
+
+@dataclass(frozen=True)
+class Config:
+    secret: str = field(repr=False)
+    events: tuple[str, ...] = DEFAULT_EVENTS
+    branches: tuple[str, ...] = ()
+    ignore_senders: tuple[str, ...] = ()
+    max_commits: int = 20
+    max_body_chars: int = 4000
+
+
+def _globs(env: EnvReader, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    globs = env.list(name, default)
+    bad = [g for g in globs if not GLOB.fullmatch(g)]
+    if bad:
+        raise SettingsError(f"{name}: {bad[0]!r} is not a glob (letters, digits, _ . - * ? and a leading !)")
+    return globs
+
+
+def load_config(env: EnvReader) -> Config:
+    secret = env.env.get("GITHUB_WEBHOOK_SECRET", "")
+    if not secret:
+        log_line("startup", logging.WARNING, source=NAME,
+                 note="GITHUB_WEBHOOK_SECRET is not set: /hooks/github accepts unsigned deliveries")
+    return Config(secret=secret, events=_globs(env, "GITHUB_EVENTS", DEFAULT_EVENTS),
+                  branches=env.list("GITHUB_BRANCHES"), ignore_senders=env.list("GITHUB_IGNORE_SENDERS"),
+                  max_commits=env.int("GITHUB_MAX_COMMITS", 20, minimum=1),
+                  max_body_chars=env.int("GITHUB_MAX_BODY_CHARS", 4000, minimum=100))
+
+
+# --------------------------------------------------------------------------- verify
+
+def sign(secret: str, body: bytes, algorithm: str = "sha256") -> str:
+    """The X-Hub-Signature(-256) value GitHub sends for `body`."""
+    return f"{algorithm}=" + hmac.new(secret.encode("utf-8"), body, algorithm).hexdigest()
+
+
+def verify(headers: Mapping[str, str], body: bytes, config: Config) -> None:
+    if not config.secret:
+        return
+    given, algorithm = header(headers, "X-Hub-Signature-256").strip(), "sha256"
+    if not given and header(headers, "X-Hub-Signature"):
+        # The SHA-1 header only counts when GitHub sent no SHA-256 one (old GHES).
+        given, algorithm = header(headers, "X-Hub-Signature").strip(), "sha1"
+    if not given:
+        raise Rejected(401, "missing X-Hub-Signature-256 (GITHUB_WEBHOOK_SECRET is set)")
+    expected = sign(config.secret, body, algorithm)
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("ascii")):
+        raise Rejected(401, "signature does not match the body (check GITHUB_WEBHOOK_SECRET)")
+
+
+# --------------------------------------------------------------------------- parse
+
+def decode(headers: Mapping[str, str], body: bytes) -> dict:
+    kind = media_type(headers)
+    if kind == "application/x-www-form-urlencoded":
+        try:
+            form = urllib.parse.parse_qs(body.decode("ascii"), strict_parsing=False)
+        except UnicodeDecodeError:
+            raise Rejected(400, "form body is not URL-encoded ASCII") from None
+        if "payload" not in form:
+            raise Rejected(400, "form body has no payload= field")
+        raw: str | bytes = form["payload"][0]
+    elif kind == "application/json":
+        raw = body
+    else:
+        raise Rejected(415, "send Content-Type: application/json or application/x-www-form-urlencoded")
+    return json_object(raw, "payload")
+
+
+def parse(headers: Mapping[str, str], body: bytes, config: Config) -> list[Event] | Answer:
+    event = header(headers, "X-GitHub-Event").strip()
+    if not event:
+        raise Rejected(400, "missing X-GitHub-Event header")
+    doc = decode(headers, body)
+    if event == "ping":
+        return Answer("pong")
+    payload = Payload(event=event, action=scalar(doc.get("action")), doc=doc,
+                      limits=Limits(config.max_commits, config.max_body_chars))
+    view = router.view(payload)
+    delivery = header(headers, "X-GitHub-Delivery").strip()
+    return [Event(
+        source=NAME, kind=f"{NAME}:{event}" + (f".{payload.action}" if payload.action else ""),
+        dedup_key=dedup_key(header(headers, "X-GitHub-Hook-ID").strip(), delivery),
+        template=view.template, context={**web_links(view.context), "delivery": delivery},
+        thread_key=f"{NAME}:{view.thread_key}" if view.thread_key else None,
+        thread_root=view.thread_root, headers=mail_headers(payload, delivery),
+        ignored=filtered(payload, view, config), delivery_id=delivery or None,
+    )]
+
+
+def web_links(value):
+    """Blank every *url field that is not http(s): a javascript: link must not reach the HTML."""
+    if isinstance(value, dict):
+        return {key: ("" if key.endswith("url") and isinstance(item, str)
+                      and not item.startswith(("https://", "http://")) else web_links(item))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [web_links(item) for item in value]
+    return value
+
+
+def dedup_key(hook_id: str, delivery: str) -> str:
+    # A redelivery keeps its GUID; two hooks may share one, so the hook id is part of the key.
+    if not delivery:
+        return f"{NAME}:{uuid.uuid4().hex}"
+    return f"{NAME}:" + hashlib.sha256(f"{hook_id}:{delivery}".encode("utf-8")).hexdigest()
+
+
+def mail_headers(p: Payload, delivery: str) -> dict[str, str]:
+    headers = {"X-GitHub-Event": p.event, "X-GitHub-Delivery": delivery,
+               "X-GitHub-Sender": p.text("sender", "login")}
+    if p.scope:
+        headers["List-Id"] = f"{p.scope} <{list_label(p.scope)}.github.localhost>"
+    return {name: value for name, value in headers.items() if value}
+
+
+def list_label(scope: str) -> str:
+    """owner/repo → repo.owner, as GitHub's List-Id does, kept to RFC 2919's dot-atom."""
+    parts = reversed(scope.split("/"))
+    return ".".join(re.sub(r"[^A-Za-z0-9_-]+", "-", part).strip("-") or "x" for part in parts)
+
+
+# --------------------------------------------------------------------------- filters
+
+def matches_any(value: str, globs: tuple[str, ...] | list[str]) -> bool:
+    """Globs with * and ? only: brackets are literal, so `*[bot]` means what it says."""
+    return any(re.fullmatch(re.escape(g).replace(r"\*", ".*").replace(r"\?", "."), value, re.DOTALL)
+               for g in globs)
+
+
+def selected(names: list[str], globs: tuple[str, ...]) -> bool:
+    """True when a plain glob matches one of `names` and no `!glob` does (only `!` globs: all
+    but those)."""
+    wanted = [g for g in globs if not g.startswith("!")] or ["*"]
+    unwanted = [g[1:] for g in globs if g.startswith("!")]
+    return any(matches_any(name, wanted) for name in names) \
+        and not any(matches_any(name, unwanted) for name in names)
+
+
+def event_names(p: Payload, view: View) -> list[str]:
+    """push, issues.opened, workflow_run.completed.failure: what GITHUB_EVENTS globs see."""
+    names = [p.event]
+    if p.action:
+        names.append(f"{p.event}.{p.action}")
+        if view.outcome:
+            names.append(f"{p.event}.{p.action}.{view.outcome}")
+    return names
+
+
+def branch_of(p: Payload) -> str | None:
+    """The branch GITHUB_BRANCHES looks at; None for events without one (and for tags)."""
+    if p.event == "push":
+        ref = p.text("ref")
+        return ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+    if p.event in ("create", "delete"):
+        return p.text("ref") if p.text("ref_type") == "branch" else None
+    base = dig(p.doc, "pull_request", "base", "ref")
+    return scalar(base) if p.event.startswith("pull_request") and scalar(base) else None
+
+
+def filtered(p: Payload, view: View, config: Config) -> str | None:
+    """Why this delivery is not mailed (GITHUB_EVENTS, _BRANCHES, _IGNORE_SENDERS), or None."""
+    names = event_names(p, view)
+    if not selected(names, config.events):
+        return f"{names[-1]} is not selected by GITHUB_EVENTS"
+    branch = branch_of(p)
+    if config.branches and branch is not None and not selected([branch], config.branches):
+        return f"branch {branch} is not selected by GITHUB_BRANCHES"
+    sender = p.text("sender", "login")
+    if sender and matches_any(sender, config.ignore_senders):
+        return f"sender {sender} matches GITHUB_IGNORE_SENDERS"
+    return None
