@@ -5,7 +5,8 @@ AUTH (bench/smtp_server.py, its own process), by the bridge's worker process, ag
 - a verified connect-login-send-quit per mail,
 - Apprise's mailtos:// per notification;
 
-then through a proxy adding 20 ms round trip, the worker with SMTP_CONNECTIONS=1, 2, 4.
+then through a proxy adding 20 ms round trip, the worker with SMTP_CONNECTIONS=1, 2, 4 (and
+the two raw baselines again, at that distance).
 Rates are counted at the server: messages between its first and last arrival.
 
     python -m bench.delivery [--mails 1000] [--rounds 3] [--per-connection-mails 200] [--proxy-mails 200]
@@ -76,21 +77,21 @@ def tls_context(cafile: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)  # verified: CA and host name
 
 
-def raw_one_connection(server: SmtpProcess, messages: list) -> float:
+def raw_one_connection(server: SmtpProcess, messages: list, port: int | None = None) -> float:
     server.command("reset")
     info = server.info
-    with smtplib.SMTP_SSL("127.0.0.1", server.port, context=tls_context(info["cafile"])) as conn:
+    with smtplib.SMTP_SSL("127.0.0.1", port or server.port, context=tls_context(info["cafile"])) as conn:
         conn.login(info["user"], info["password"])
         for msg, mail_from, rcpt_to in messages:
             conn.send_message(msg, mail_from, rcpt_to)
     return rate(server.wait_for(len(messages), 10))
 
 
-def raw_per_mail(server: SmtpProcess, messages: list) -> float:
+def raw_per_mail(server: SmtpProcess, messages: list, port: int | None = None) -> float:
     server.command("reset")
     info = server.info
     for msg, mail_from, rcpt_to in messages:
-        with smtplib.SMTP_SSL("127.0.0.1", server.port, context=tls_context(info["cafile"])) as conn:
+        with smtplib.SMTP_SSL("127.0.0.1", port or server.port, context=tls_context(info["cafile"])) as conn:
             conn.login(info["user"], info["password"])
             conn.send_message(msg, mail_from, rcpt_to)
     return rate(server.wait_for(len(messages), 10))
@@ -117,18 +118,22 @@ def apprise_per_notification(server: SmtpProcess, messages: list) -> float:
     return rate(server.wait_for(len(messages), 10))
 
 
-def proxy_curve(server: SmtpProcess, env: dict, count: int, tmp: Path) -> dict[int, float]:
+def far_away(server: SmtpProcess, env: dict, messages: list, count: int, tmp: Path) -> dict:
+    """Through a proxy adding 20 ms round trip: the worker with 1, 2 and 4 connections, and
+    the raw baselines (one connection; connect-login-send-quit per mail) for comparison."""
     port = free_port()
     proxy = Child([sys.executable, str(ROOT / "bench" / "latency_proxy.py"), str(port),
                    str(server.port), "0.010"], tmp / "proxy.log")
-    curve = {}
+    rates = {}
     with running(proxy):
         time.sleep(0.5)
         for connections in (1, 2, 4):
             far = {**env, **server.env(port), "SMTP_CONNECTIONS": str(connections)}
-            curve[connections] = run_worker(server, far, count, tmp / f"worker-rtt-{connections}.log",
+            rates[connections] = run_worker(server, far, count, tmp / f"worker-rtt-{connections}.log",
                                             timeout=count * 0.2 + 30)
-    return curve
+        rates["raw"] = raw_one_connection(server, messages[:count], port)
+        rates["per-mail"] = raw_per_mail(server, messages[: count // 4], port)
+    return rates
 
 
 def main() -> None:
@@ -160,10 +165,15 @@ def main() -> None:
         result("delivery", "bridge vs Apprise mailtos:// per notification", bridge, "mails/s",
                via_apprise, ">= 10x", bridge >= 10 * via_apprise)
         result("delivery", "raw one connection vs per-mail connect (reference)", raw, "mails/s", per_mail)
-        curve = proxy_curve(server, env, args.proxy_mails, tmp)
-    for connections, value in curve.items():
-        result("delivery", f"+20 ms RTT, SMTP_CONNECTIONS={connections}", value, "mails/s", curve[1],
-               note="baseline: 1 connection")
+        far = far_away(server, env, messages, args.proxy_mails, tmp)
+    note = "through a proxy adding 10 ms each way"
+    result("delivery", "+20 ms RTT: bridge 1 connection vs raw one connection", far[1], "mails/s",
+           far["raw"], ">= 0.8", far[1] >= 0.8 * far["raw"], note=note)
+    result("delivery", "+20 ms RTT: bridge 1 connection vs per-mail connect", far[1], "mails/s",
+           far["per-mail"], ">= 10x", far[1] >= 10 * far["per-mail"], note=note)
+    for connections in (1, 2, 4):
+        result("delivery", f"+20 ms RTT, SMTP_CONNECTIONS={connections}", far[connections], "mails/s",
+               far[1], note="baseline: 1 connection")
 
 
 if __name__ == "__main__":
