@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,15 +13,11 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.smtpd import free_port  # noqa: F401  (re-exported for the benchmarks)
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "var" / "bench" / "results.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workdir(name: str) -> Path:

@@ -28,17 +28,19 @@ local body = io.open("%(body)s", "rb"):read("*a")
 local headers = %(headers)s
 local threads = {}
 function setup(thread) thread:set("tid", #threads); table.insert(threads, thread) end
-function init(args) n = 0; ok = 0; bad = 0; math.randomseed(os.time() + tid) end
+function init(args) n = 0; ok = 0; shed = 0; bad = 0; math.randomseed(os.time() + tid) end
 function request()
   n = n + 1
   headers["%(id_header)s"] = string.format("bench-%%d-%%d-%%d", tid, n, math.random(1e9))
   return wrk.format("POST", "%(path)s", headers, body)
 end
-function response(status) if status == %(expect)d then ok = ok + 1 else bad = bad + 1 end end
+function response(status)
+  if status == %(expect)d then ok = ok + 1 elseif status == 429 then shed = shed + 1 else bad = bad + 1 end
+end
 function done(summary, latency, requests)
-  local o, b = 0, 0
-  for _, t in ipairs(threads) do o = o + t:get("ok"); b = b + t:get("bad") end
-  io.write(string.format('STATUS {"ok": %%d, "bad": %%d}\\n', o, b))
+  local o, s, b = 0, 0, 0
+  for _, t in ipairs(threads) do o = o + t:get("ok"); s = s + t:get("shed"); b = b + t:get("bad") end
+  io.write(string.format('STATUS {"ok": %%d, "shed": %%d, "bad": %%d}\\n', o, s, b))
 end
 """
 
@@ -101,7 +103,8 @@ def rounds(targets: dict[str, tuple[str, Path]], seconds: int, connections: int,
     return {name: {"rps": statistics.median(r["rps"] for r in runs[name]),
                    "p50": statistics.median(r["p50"] for r in runs[name]),
                    "p99": statistics.median(r["p99"] for r in runs[name]),
-                   "bad": sum(r["bad"] for r in runs[name]), "acked": acked[name]}
+                   "bad": sum(r["bad"] for r in runs[name]), "shed": sum(r["shed"] for r in runs[name]),
+                   "acked": acked[name]}
             for name in targets}
 
 
@@ -145,7 +148,8 @@ def main() -> None:
     # wrk stops with requests in flight: those may be stored without their 202 being counted.
     result("intake", "rows stored per 202 seen", rows / max(1, bridge["acked"]) * 100, "%",
            target=">= 100 %", ok=rows >= bridge["acked"] > 0 and bridge["bad"] == 0,
-           note=f"{bridge['acked']} x 202 incl. warm-up, {bridge['bad']} other answers, {rows} rows "
+           note=f"{bridge['acked']} x 202 incl. warm-up, {bridge['shed']} x 429 (load shed), "
+                f"{bridge['bad']} other answers, {rows} rows "
                 f"queued; bare: {bare['bad']} non-204")
 
 
