@@ -79,10 +79,10 @@ class Sender:
             return not isinstance(exc, ConnectFailed)
         seconds = time.monotonic() - started
         self.outbox.mark_sent(row.id, token, detail, seconds)
-        metrics.mail_sent(seconds)
         log_line("delivery", outbox_id=row.id, delivery_id=row.delivery_id, source=row.source,
                  status="sent", attempt=row.attempts + 1, ms=round(seconds * 1000),
                  message_id=row.message_id, via=transport.describe())
+        metrics.mail_sent(seconds)
         return True
 
     # -- the loop

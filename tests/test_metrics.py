@@ -180,3 +180,18 @@ def test_counts_add_up_across_gunicorn_workers_and_the_worker_process(tmp_path):
             os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
             process.wait(timeout=30)
+
+
+def test_alert_rules_use_metrics_that_exist(client):
+    import re
+
+    import yaml
+    rules = yaml.safe_load((ROOT / "docs" / "alerts.yml").read_text())["groups"][0]["rules"]
+    assert {"BridgeMailStuck", "BridgeSmtpFailing"} <= {rule["alert"] for rule in rules}
+    exposed = {family.name for family in text_string_to_metric_families(
+        client.get("/metrics").get_data(as_text=True))}
+    for rule in rules:
+        for name in re.findall(r"\bbridge_[a-z_]+", rule["expr"]):
+            assert name.removesuffix("_total") in exposed, (rule["alert"], name)
+    stuck = next(rule for rule in rules if rule["alert"] == "BridgeMailStuck")
+    assert "bridge_outbox_oldest_queued_age_seconds) > 600" in stuck["expr"]
