@@ -159,7 +159,8 @@ def _page() -> int:
 
 def _list(filters: dict, page: int):
     """One page of rows, newest first, and whether an older page exists."""
-    rows = _services().outbox.recent(limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE, **filters)
+    rows = _services().outbox.recent(limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE,
+                                     brief=True, **filters)
     return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
 
 

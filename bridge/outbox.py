@@ -23,6 +23,8 @@ QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "r
 STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED)
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
 
+BODY_COLUMNS = ("text", "html", "headers", "attachments", "request")
+
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -286,10 +288,13 @@ class Outbox:
                                 .order_by(attempts.c.id)).all()
 
     def recent(self, limit: int = 50, offset: int = 0, source: str | None = None,
-               status: str | None = None, text: str | None = None) -> list[Row]:
+               status: str | None = None, text: str | None = None,
+               brief: bool = False) -> list[Row]:
         """Newest first. `status` is a row status, or DUPLICATE: rows that were repeated;
-        `text` matches subject, recipients, delivery id or kind, case-insensitively."""
-        query = sa.select(outbox).order_by(outbox.c.id.desc()).limit(limit).offset(offset)
+        `text` matches subject, recipients, delivery id or kind, case-insensitively.
+        `brief` leaves out the bodies and the stored request (a list does not show them)."""
+        columns = [c for c in outbox.c if not (brief and c.name in BODY_COLUMNS)]
+        query = sa.select(*columns).order_by(outbox.c.id.desc()).limit(limit).offset(offset)
         if source:
             query = query.where(outbox.c.source == source)
         if status == DUPLICATE:

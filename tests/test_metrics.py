@@ -195,3 +195,16 @@ def test_alert_rules_use_metrics_that_exist(client):
             assert name.removesuffix("_total") in exposed, (rule["alert"], name)
     stuck = next(rule for rule in rules if rule["alert"] == "BridgeMailStuck")
     assert "bridge_outbox_oldest_queued_age_seconds) > 600" in stuck["expr"]
+
+
+def test_gunicorn_start_forgets_only_processes_that_are_gone(tmp_path, monkeypatch):
+    import runpy
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale, live = tmp_path / f"counter_{gone.pid}.db", tmp_path / f"counter_{os.getpid()}.db"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    config["on_starting"](None)
+    assert not stale.exists() and live.exists()

@@ -162,6 +162,12 @@ def test_filters_by_source_status_and_text(admin_app, admin):
     assert "+1 duplicate" in html and "Retry all dead (1)" in html
 
 
+def test_the_list_reads_no_bodies(admin_app, admin):
+    post(admin, "a big one", text="x" * 100_000)
+    (row,) = admin_app.extensions["bridge"].outbox.recent(brief=True)
+    assert row.subject == "a big one" and "text" not in row._fields and "request" not in row._fields
+
+
 def test_pages(admin, monkeypatch):
     monkeypatch.setattr(ops, "PAGE_SIZE", 2)
     made = [post(admin, f"row {n}") for n in range(5)]
