@@ -85,7 +85,8 @@ def _refused(wrong: bool, back_to: str | None = None):
     if _is_api():
         reason = "wrong token" if wrong else "send Authorization: Bearer <ADMIN_TOKEN>"
         return jsonify(status="error", reason=reason), 401, {"WWW-Authenticate": "Bearer"}
-    back_to = back_to or request.full_path.rstrip("?")
+    if back_to is None:  # after logging in, come back here (a GET) or to the list
+        back_to = request.full_path.rstrip("?") if request.method == "GET" else url_for(".deliveries")
     return render_template("ops/login.html.j2", wrong=wrong, next=back_to), 401
 
 

@@ -71,6 +71,8 @@ def test_without_credentials_401_and_a_login_form(admin):
     assert r.status_code == 401
     page = r.get_data(as_text=True)
     assert 'name="token"' in page and 'value="/deliveries"' in page
+    after_post = admin.post("/deliveries/1/resend").get_data(as_text=True)
+    assert 'name="next" value="/deliveries"' in after_post      # not back to a POST-only URL
     api = admin.get("/api/deliveries")
     assert api.status_code == 401 and api.json["status"] == "error"
     assert api.headers["WWW-Authenticate"] == "Bearer"
