@@ -29,8 +29,9 @@ PAGE_SIZE = 50
 WRONG_TOKEN_DELAY = 0.5        # seconds; slows guessing down, not a person who mistyped
 PAYLOAD_SHOWN = 64 * 1024      # characters of a request body the detail page shows
 FILTER_STATUSES = STATUSES + (DUPLICATE,)
-PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; frame-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+PAGE_CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+            "img-src 'self' data:; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+            "base-uri 'none'")
 # The mail's own HTML runs nothing and reaches nothing but inline styles and images.
 MAIL_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
             "font-src data:; frame-ancestors 'self'; base-uri 'none'")
