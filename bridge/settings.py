@@ -180,6 +180,14 @@ def _smtp(env: EnvReader) -> SmtpSettings | None:
                         connections=env.int("SMTP_CONNECTIONS", 2, minimum=1))
 
 
+def _session_key(admin_token: str) -> str:
+    """Without SECRET_KEY: a key derived from ADMIN_TOKEN, so every gunicorn worker signs the
+    deliveries page's session cookie alike (and a new token logs everyone out)."""
+    if not admin_token:
+        return os.urandom(32).hex()
+    return hmac.new(admin_token.encode("utf-8"), b"bridge session cookie", hashlib.sha256).hexdigest()
+
+
 def _database_url(env: EnvReader, root: Path) -> str:
     url = env.str("DATABASE_URL")
     if not url:
@@ -205,14 +213,6 @@ def _timezone(env: EnvReader) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise SettingsError(f"BRIDGE_TIMEZONE={name!r} is not a time zone (e.g. Asia/Shanghai)") from None
-
-
-def _session_key(admin_token: str) -> str:
-    """Without SECRET_KEY: a key derived from ADMIN_TOKEN, so every gunicorn worker signs the
-    deliveries page's session cookie alike (and a new token logs everyone out)."""
-    if not admin_token:
-        return os.urandom(32).hex()
-    return hmac.new(admin_token.encode("utf-8"), b"bridge session cookie", hashlib.sha256).hexdigest()
 
 
 def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = None) -> Settings:
