@@ -7,7 +7,7 @@ import time
 import pytest
 
 from bridge import ops
-from bridge.outbox import DEAD, QUEUED, SENT, Failure
+from bridge.outbox import DEAD, QUEUED, SENT
 
 TOKEN = "admin-token-for-tests"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,16 +31,6 @@ def deliver(app):
         transport.close()
 
 
-def kill(app, row_id):
-    """Make a row dead the way a permanent SMTP refusal does."""
-    outbox = app.extensions["bridge"].outbox
-    token, rows = outbox.claim(100, 60)
-    for row in rows:
-        if row.id == row_id:
-            outbox.mark_failed(row, token, Failure("550 5.1.1 no such mailbox", permanent=True), 0.1)
-    outbox.release(token)
-
-
 def log_in(client, token=TOKEN, next_url="/deliveries"):
     return client.post("/deliveries/login", data={"token": token, "next": next_url})
 
@@ -58,6 +48,15 @@ def admin_app(make_app):
 @pytest.fixture
 def admin(admin_app):
     return admin_app.test_client()
+
+
+@pytest.fixture
+def smtp_app(make_app, smtp_server, cafile):
+    """An admin app that mails through a real SMTP server; `refuse(n)` makes the next n
+    mails meet a permanent 550, so they die."""
+    app = make_app(ADMIN_TOKEN=TOKEN, **smtp_server.env(cafile))
+    app.refuse = lambda n: smtp_server.failures.extend(["550 5.1.1 no such mailbox"] * n)
+    return app
 
 
 # -- who may look
@@ -135,11 +134,13 @@ def test_list_newest_first_with_local_time(admin_app, admin):
     assert "generic:message" in page and "team@example.com" in page
 
 
-def test_filters_by_source_status_and_text(admin_app, admin):
+def test_filters_by_source_status_and_text(smtp_app):
+    admin = smtp_app.test_client()
     sent_id = post(admin, "Deploy finished", key="k-sent")
-    deliver(admin_app)
+    deliver(smtp_app)
     dead_id = post(admin, "Disk 100% full")
-    kill(admin_app, dead_id)
+    smtp_app.refuse(1)
+    deliver(smtp_app)
     queued_id = post(admin, "backup_ok queued")
     post(admin, "Deploy finished", key="k-sent")  # a repeat: the sent row counts a duplicate
 
@@ -284,15 +285,16 @@ def test_api_resend_with_bearer_and_with_cookie(admin_app, admin):
     assert detail["attempts"] == 3 and detail["created_at"].endswith("+08:00")
 
 
-def test_retry_all_dead(admin_app, admin):
+def test_retry_all_dead(smtp_app):
+    admin = smtp_app.test_client()
     dead = [post(admin, f"dead {n}") for n in range(2)]
+    smtp_app.refuse(2)
+    deliver(smtp_app)
     alive = post(admin, "alive")
-    for row_id in dead:
-        kill(admin_app, row_id)
     log_in(admin)
     assert admin.post("/deliveries/retry-dead").status_code == 403
     r = admin.post("/deliveries/retry-dead", data={"csrf": csrf_of(admin)})
     assert r.status_code == 303
     assert "2 dead mail(s) queued again" in admin.get("/deliveries").get_data(as_text=True)
-    outbox = admin_app.extensions["bridge"].outbox
+    outbox = smtp_app.extensions["bridge"].outbox
     assert [outbox.get(i).status for i in dead + [alive]] == [QUEUED] * 3
