@@ -81,8 +81,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     services = build_services(settings)
     app.extensions["bridge"] = services
 
-    from bridge import cli, web
+    from bridge import cli, metrics, ops, web
     app.register_blueprint(web.bp)
+    app.register_blueprint(metrics.bp)
+    ops.register(app)
     cli.register(app)
     _startup_log(settings, services)
     return app
