@@ -325,7 +325,9 @@ class Outbox:
 
     def backoff(self, attempts: int) -> float:
         """Exponential, capped, with ±25 % jitter so a fleet of retries does not stampede."""
-        delay = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
+        # The exponent stops at 30: a login failure never kills a row, so attempts may grow
+        # without end, and 2 ** 1100 as a float overflows.
+        delay = min(self.retry_max, self.retry_base * 2 ** min(30, max(0, attempts - 1)))
         return delay * random.uniform(0.75, 1.25)
 
     @staticmethod
