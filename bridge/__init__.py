@@ -11,6 +11,7 @@ from typing import Mapping
 from flask import Flask
 
 from bridge.logs import log_line, setup_logging
+from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
 from bridge.mail.smtp import SmtpTransport
 from bridge.outbox import Outbox, make_engine
@@ -50,7 +51,8 @@ def build_services(settings: Settings) -> Services:
     services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
                         sender=None)
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
-                             lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds)
+                             lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
+                             attach=fetch_attachments)
     return services
 
 
@@ -79,8 +81,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     services = build_services(settings)
     app.extensions["bridge"] = services
 
-    from bridge import cli, web
+    from bridge import cli, web, wechat_web
     app.register_blueprint(web.bp)
+    app.register_blueprint(wechat_web.bp)
     cli.register(app)
     _startup_log(settings, services)
     return app
