@@ -89,11 +89,12 @@ def _handle(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
     if not events:
         return None, "ignored"
     limiter = current_app.extensions["wechat_limiter"]
-    if not config.allowed_users and not limiter.allows(openid, now):
+    key = events[0].dedup_key
+    if not config.allowed_users and not limiter.allows(openid, key, now):
         return _reply("limited", limit=config.rate_limit, window_minutes=round(config.rate_window / 60)), "limited"
     stored = [_store(msg, event) for event in events]
     if any(s.status == "accepted" for s in stored):
-        limiter.record(openid, now)
+        limiter.record(openid, key, now)
         return (None if is_event else config.reply_text), "accepted"
     return (None if is_event else _reply("duplicate")), "duplicate"
 

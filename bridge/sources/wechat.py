@@ -242,11 +242,14 @@ def seal(msg: Inbound, reply_xml: str, config: Config, now: float) -> bytes:
 # -- message → events
 
 def dedup_key(msg: Inbound) -> str:
-    """`MsgId` for messages; `FromUserName` + `CreateTime` for events (they have no MsgId)."""
+    """`MsgId` for messages; `FromUserName` + `CreateTime` for events (they have no MsgId),
+    plus the event's name: two different events of one second (a customer-service session
+    opened and closed) are two events, while a retry repeats all three."""
     msg_id = msg.get("MsgId").strip()[:64]
     if msg.get("MsgType").strip() != "event" and msg_id:
         return f"wechat:msg:{msg_id}"
-    return f"wechat:event:{msg.get('FromUserName').strip()[:128]}:{msg.get('CreateTime').strip()[:32]}"
+    return (f"wechat:event:{msg.get('FromUserName').strip()[:128]}:{msg.get('CreateTime').strip()[:32]}"
+            f":{msg.get('Event').strip()[:64]}")
 
 
 def _local_time(msg: Inbound, config: Config) -> str:
@@ -345,25 +348,26 @@ def parse(params: Mapping[str, str], body: bytes, config: Config) -> list[Event]
 
 class RateLimiter:
     """Forwards per sender in a sliding window, counted in this process (a restart forgets,
-    and each web process counts on its own: a flood guard, not an accounting)."""
+    and each web process counts on its own: a flood guard, not an accounting). A retry of a
+    message it let through passes again, so the retry is answered as the duplicate it is."""
 
     def __init__(self, limit: int, window: float):
         self.limit = limit
         self.window = window
-        self.seen: dict[str, list[float]] = {}
+        self.seen: dict[str, list[tuple[float, str]]] = {}
         self.lock = threading.Lock()
 
-    def allows(self, who: str, now: float) -> bool:
+    def allows(self, who: str, key: str, now: float) -> bool:
         if not self.limit:
             return True
         with self.lock:
-            recent = [t for t in self.seen.get(who, ()) if t > now - self.window]
+            recent = [(t, k) for t, k in self.seen.get(who, ()) if t > now - self.window]
             if recent:
                 self.seen[who] = recent
             else:
                 self.seen.pop(who, None)
-            return len(recent) < self.limit
+            return len(recent) < self.limit or any(k == key for _, k in recent)
 
-    def record(self, who: str, now: float) -> None:
+    def record(self, who: str, key: str, now: float) -> None:
         with self.lock:
-            self.seen.setdefault(who, []).append(now)
+            self.seen.setdefault(who, []).append((now, key))
