@@ -93,7 +93,8 @@ def _am_call(method: str, url: str, timeout: float, **kwargs) -> requests.Respon
         response = requests.request(method, url, timeout=(min(1.0, timeout), timeout), **kwargs)
     except requests.RequestException as exc:
         raise Unreachable(type(exc).__name__) from None
-    if response.status_code >= 500:
+    # Alertmanager answers an unknown silence id with 500 "silence not found": the user's error.
+    if response.status_code >= 500 and "not found" not in response.text[:200]:
         raise Unreachable(f"HTTP {response.status_code}")
     return response
 
