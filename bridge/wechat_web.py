@@ -59,6 +59,9 @@ def endpoint():
     except (SQLAlchemyError, OSError) as exc:
         log_line("store_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
         code, body, outcome = 503, "the outbox database is unavailable; try again\n", "error"
+    except Exception as exc:  # a bug must not become a 500 that WeChat retries three times
+        current_app.logger.exception("wechat message failed")
+        code, body, outcome = 400, f"message could not be read ({type(exc).__name__})\n", "error"
     log_line("request", source=wechat.NAME, method=request.method, code=code, outcome=outcome,
              reason=body.strip()[:200] if code >= 400 else None,
              ms=round((time.monotonic() - started) * 1000))
