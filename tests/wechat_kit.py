@@ -69,8 +69,12 @@ def message(content: str = "hello", sender: str = "oUser1", msg_id: int = 1, msg
              "MsgType": msg_type, **({"Content": content} if msg_type == "text" else {}), **more}
     if msg_type != "event":
         parts["MsgId"] = str(msg_id)
-    inner = "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in parts.items())
+    inner = "".join(f"<{k}>{cdata(v)}</{k}>" for k, v in parts.items())
     return f"<xml>{inner}</xml>".encode()
+
+
+def cdata(text: str) -> str:
+    return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
 def vectors(corpus) -> dict:
