@@ -302,7 +302,15 @@ def test_nested_and_odd_structures_never_fail(wx):
     r = post(app.test_client(), body)
     assert r.status_code == 200 and r.data == b"success"
     (row,) = rows(app)
-    assert "deep" in row.text and "A.B.C" in row.text
+    assert "A.B[0].C: deep" in row.text and "A.B[1]: two" in row.text
+    assert "List[6].X: 1" in row.text and "List[7].X: 2" in row.text
+
+
+@pytest.mark.parametrize("created", ["99999999999999999999", "-5", "soon", ""])
+def test_odd_create_times_are_not_a_failure(wx, created):
+    app = wx()
+    r = post(app.test_client(), message("hi", CreateTime=created))
+    assert reply_text(r) == "已转发到邮箱 ✓"
 
 
 def test_body_over_1_mb_is_413(wx):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Mapping
@@ -159,23 +160,28 @@ def parse_xml(data: bytes) -> tuple[dict[str, str], dict[str, str]]:
         raise Rejected(400, f"malformed XML: {str(exc)[:120]}") from None
     fields: dict[str, str] = {}
     details: dict[str, str] = {}
-    for child in root:
+    for path, child in _children(root, ""):
         if len(child):
-            _flatten(child, child.tag, details)
+            _flatten(child, path, details)
         else:
             fields.setdefault(child.tag, child.text or "")
     return fields, details
 
 
-def _flatten(element: Element, path: str, into: dict[str, str]) -> None:
+def _children(element: Element, parent: str):
+    """(dotted path, child) pairs; a repeated tag gets its position: `List[0]`, `List[1]`."""
+    repeats = Counter(child.tag for child in element)
     for n, child in enumerate(element):
-        name = f"{path}.{child.tag}"
-        if name in into or f"{name}.0" in into:
-            name = f"{name}.{n}"
+        path = f"{parent}.{child.tag}" if parent else child.tag
+        yield (f"{path}[{n}]" if repeats[child.tag] > 1 else path), child
+
+
+def _flatten(element: Element, path: str, into: dict[str, str]) -> None:
+    for name, child in _children(element, path):
         if len(child):
             _flatten(child, name, into)
         else:
-            into.setdefault(name, (child.text or "").strip())
+            into[name] = (child.text or "").strip()
 
 
 def _open_envelope(params: Mapping[str, str], fields: Mapping[str, str], config: Config,
@@ -200,16 +206,14 @@ def _open_envelope(params: Mapping[str, str], fields: Mapping[str, str], config:
 
 def open_message(params: Mapping[str, str], body: bytes, config: Config, now: float) -> Inbound:
     """Authenticate and read one POST (plain, compatible or safe mode)."""
-    fields, details = parse_xml(body)
     nonce = params.get("nonce", "")
     if params.get("encrypt_type", "raw").lower() not in ("", "raw"):
-        xml, key = _open_envelope(params, fields, config, now)
-        fields, details = parse_xml(xml)
-        return Inbound(fields, details, xml, key, nonce)
+        xml, key = _open_envelope(params, parse_xml(body)[0], config, now)
+        return Inbound(*parse_xml(xml), xml, key, nonce)
     if config.require_aes:
         raise Rejected(403, "plain-mode message refused: WECHAT_REQUIRE_AES=true")
     _signed(params, config, now)
-    return Inbound(fields, details, body, None, nonce)
+    return Inbound(*parse_xml(body), body, None, nonce)
 
 
 # -- the reply
@@ -254,8 +258,11 @@ def dedup_key(msg: Inbound) -> str:
 
 def _local_time(msg: Inbound, config: Config) -> str:
     stamp = msg.get("CreateTime").strip()
-    when = int(stamp) if stamp.isdigit() else int(time.time())
-    return datetime.fromtimestamp(when, config.timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
+    try:
+        when = datetime.fromtimestamp(int(stamp), config.timezone)
+    except (ValueError, OverflowError, OSError):   # not a time WeChat would send: use ours
+        when = datetime.now(config.timezone)
+    return when.strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _coordinates(lat: str, lon: str) -> tuple[float, float] | None:
