@@ -463,3 +463,10 @@ def test_any_body_is_a_200_or_a_clean_4xx(wx_once, body):
 def wx_once(wx):
     import itertools
     return wx(WECHAT_RATE_LIMIT="0/1"), itertools.count(10 ** 6)
+
+
+def test_time_is_in_bridge_timezone(wx):
+    app = wx(BRIDGE_TIMEZONE="Asia/Shanghai")
+    post(app.test_client(), message("hi", CreateTime="1714112505"))
+    (row,) = rows(app)
+    assert "2024-04-26 14:21:45 CST" in row.text

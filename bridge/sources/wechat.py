@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Mapping
 from xml.etree.ElementTree import Element, ParseError
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import defusedxml
 from defusedxml.ElementTree import fromstring
 
-from bridge.settings import EnvReader, SettingsError, _timezone
+from bridge.settings import EnvReader, SettingsError
 from bridge.sources.base import Answer, Event, Rejected, matches_any
 from bridge.sources import wechat_crypto as crypto
 
@@ -72,6 +72,15 @@ def _aes_keys(env: EnvReader) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _zone(env: EnvReader) -> ZoneInfo:
+    # The mail's time is in BRIDGE_TIMEZONE, which settings.py validates the same way.
+    name = env.str("BRIDGE_TIMEZONE") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"BRIDGE_TIMEZONE={name!r} is not a time zone (e.g. Asia/Shanghai)") from None
+
+
 def _rate(env: EnvReader) -> tuple[int, float]:
     raw = env.str("WECHAT_RATE_LIMIT", "20/600")
     count, _, seconds = raw.partition("/")
@@ -105,7 +114,7 @@ def load_config(env: EnvReader) -> Config:
         reply_text=env.str("WECHAT_REPLY_TEXT") or DEFAULT_REPLY,
         rate_limit=rate_limit, rate_window=rate_window,
         timestamp_window=env.int("WECHAT_TIMESTAMP_WINDOW", 300, minimum=1),
-        timezone=_timezone(env),
+        timezone=_zone(env),
         alertmanager_url=am_url,
         alertmanager_timeout=env.float("ALERTMANAGER_TIMEOUT", 2.0, minimum=0.1),
     )
