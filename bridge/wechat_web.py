@@ -87,6 +87,8 @@ def _handle(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
         return (None if is_event else _reply("not_allowed")), "not allowed"
     command = chatops.parse_command(msg.get("Content")) if msg.get("MsgType").strip() == "text" else None
     if command is not None:
+        if not config.allowed_users:  # a public account's followers must not silence alerts
+            return _reply("commands_off"), "command refused"
         return _command(msg, command, config)
     events = wechat.events_for(msg, config)
     if not events:

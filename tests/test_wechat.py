@@ -428,10 +428,17 @@ def test_parse_interface(wx):
         wechat.verify({**signed_query(), "signature": "x"}, message(), config)
 
 
-def test_ignored_statuses_are_not_mailed(wx):
-    app = wx()
+def test_commands_are_stored_but_never_mailed(wx):
+    app = wx(WECHAT_ALLOWED_USERS="oUser1")
     post(app.test_client(), message("/help", msg_id=31))
     assert [r.status for r in rows(app)] == [IGNORED]
+
+
+def test_without_an_allow_list_nobody_runs_commands(wx):
+    app = wx()
+    text = reply_text(post(app.test_client(), message("/silence DiskFull 1d", msg_id=32)))
+    assert "WECHAT_ALLOWED_USERS" in text
+    assert rows(app) == []
 
 
 # -- any text a user can type arrives whole; any body is a 200 or a clean 4xx
