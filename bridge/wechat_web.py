@@ -80,11 +80,15 @@ def _message(params, config) -> tuple[int, str | bytes, str]:
 
 
 def _handle(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
-    """(passive reply text or None for `success`, outcome for the log)."""
+    """(passive reply text, or None for `success`; outcome for the log). Events get `success`."""
+    text, outcome = _decide(msg, config, now)
+    return (None if msg.get("MsgType").strip() == "event" else text), outcome
+
+
+def _decide(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
     openid = msg.get("FromUserName").strip()
-    is_event = msg.get("MsgType").strip() == "event"
     if not config.may_use(openid):
-        return (None if is_event else _reply("not_allowed")), "not allowed"
+        return _reply("not_allowed"), "not allowed"
     command = chatops.parse_command(msg.get("Content")) if msg.get("MsgType").strip() == "text" else None
     if command is not None:
         if not config.allowed_users:  # a public account's followers must not silence alerts
@@ -96,12 +100,12 @@ def _handle(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
     limiter = current_app.extensions["wechat_limiter"]
     key = events[0].dedup_key
     if not config.allowed_users and not limiter.allows(openid, key, now):
-        return _reply("limited", limit=config.rate_limit, window_minutes=round(config.rate_window / 60)), "limited"
+        return _reply("limited", limit=config.rate_limit, window=config.rate_window), "limited"
     stored = [_store(msg, event) for event in events]
     if any(s.status == "accepted" for s in stored):
         limiter.record(openid, key, now)
-        return (None if is_event else config.reply_text), "accepted"
-    return (None if is_event else _reply("duplicate")), "duplicate"
+        return config.reply_text, "accepted"
+    return _reply("duplicate"), "duplicate"
 
 
 def _store(msg: wechat.Inbound, event):

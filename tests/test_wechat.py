@@ -477,3 +477,9 @@ def test_time_is_in_bridge_timezone(wx):
     post(app.test_client(), message("hi", CreateTime="1714112505"))
     (row,) = rows(app)
     assert "2024-04-26 14:21:45 CST" in row.text
+
+
+def test_rate_limit_reply_names_the_window(wx):
+    client = wx(WECHAT_RATE_LIMIT="1/30").test_client()
+    post(client, message(msg_id=1))
+    assert "每 30 秒最多转发 1 条" in reply_text(post(client, message(msg_id=2)))
