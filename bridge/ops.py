@@ -15,7 +15,7 @@ import secrets
 import time
 from urllib.parse import parse_qs
 
-from flask import (Blueprint, Flask, Response, current_app, flash, g, jsonify, redirect,
+from flask import (Blueprint, Flask, Response, current_app, flash, jsonify, redirect,
                    render_template, request, session, url_for)
 from jinja2 import select_autoescape
 

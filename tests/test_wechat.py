@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from bridge.outbox import IGNORED, QUEUED
 from bridge.settings import EnvReader, SettingsError
 from bridge.sources import wechat
-from tests.wechat_kit import (AES_KEY, APPID, TOKEN, WECHAT_ENV, fields, message, open_reply, post,
+from tests.wechat_kit import (AES_KEY, TOKEN, WECHAT_ENV, fields, message, open_reply, post,
                               reply_text, seal_request, signed_query)
 
 CORPUS_DIRS = ("messages", "wecom")
