@@ -23,7 +23,7 @@ run: $(VENV)/.run-deps
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) bridge.wsgi:app
 
 worker: $(VENV)/.run-deps
-	$(BIN)/flask --app bridge worker
+	PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-var/metrics} $(BIN)/flask --app bridge worker
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -12,6 +12,7 @@ from typing import Mapping
 from flask import Flask
 
 from bridge.logs import log_line, setup_logging
+from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
 from bridge.mail.smtp import SmtpTransport
 from bridge.outbox import Outbox, make_engine
@@ -52,7 +53,8 @@ def build_services(settings: Settings) -> Services:
     services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
                         sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight))
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
-                             lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds)
+                             lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
+                             attach=fetch_attachments)
     return services
 
 
@@ -81,8 +83,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     services = build_services(settings)
     app.extensions["bridge"] = services
 
-    from bridge import cli, web
+    from bridge import cli, metrics, ops, web, wechat_web
     app.register_blueprint(web.bp)
+    app.register_blueprint(wechat_web.bp)
+    app.register_blueprint(metrics.bp)
+    ops.register(app)
     cli.register(app)
     _startup_log(settings, services)
     return app

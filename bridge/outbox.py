@@ -26,6 +26,9 @@ from sqlalchemy.engine import Engine, Row
 
 QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
 STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED)
+DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
+
+BODY_COLUMNS = ("text", "html", "headers", "attachments", "request")
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -343,7 +346,9 @@ class Outbox:
 
     def backoff(self, attempts: int) -> float:
         """Exponential, capped, with ±25 % jitter so a fleet of retries does not stampede."""
-        delay = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
+        # The exponent stops at 30: a login failure never kills a row, so attempts may grow
+        # without end, and 2 ** 1100 as a float overflows.
+        delay = min(self.retry_max, self.retry_base * 2 ** min(30, max(0, attempts - 1)))
         return delay * random.uniform(0.75, 1.25)
 
     @staticmethod
@@ -373,18 +378,30 @@ class Outbox:
                                 .order_by(attempts.c.id)).all()
 
     def recent(self, limit: int = 50, offset: int = 0, source: str | None = None,
-               status: str | None = None, text: str | None = None) -> list[Row]:
-        query = sa.select(outbox).order_by(outbox.c.id.desc()).limit(limit).offset(offset)
+               status: str | None = None, text: str | None = None,
+               brief: bool = False) -> list[Row]:
+        """Newest first. `status` is a row status, or DUPLICATE: rows that were repeated;
+        `text` matches subject, recipients, delivery id or kind, case-insensitively.
+        `brief` leaves out the bodies and the stored request (a list does not show them)."""
+        columns = [c for c in outbox.c if not (brief and c.name in BODY_COLUMNS)]
+        query = sa.select(*columns).order_by(outbox.c.id.desc()).limit(limit).offset(offset)
         if source:
             query = query.where(outbox.c.source == source)
-        if status:
+        if status == DUPLICATE:
+            query = query.where(outbox.c.duplicates > 0)
+        elif status:
             query = query.where(outbox.c.status == status)
         if text:
-            like = f"%{text}%"
-            query = query.where(sa.or_(outbox.c.subject.like(like), outbox.c.mail_to.like(like),
-                                       outbox.c.delivery_id.like(like), outbox.c.kind.like(like)))
+            query = query.where(sa.or_(*(column.icontains(text, autoescape=True) for column in (
+                outbox.c.subject, outbox.c.mail_to, outbox.c.delivery_id, outbox.c.kind))))
         with self.engine.connect() as conn:
             return conn.execute(query).all()
+
+    def sources(self) -> list[str]:
+        """Every source that has a row (the deliveries page's filter choices)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(outbox.c.source).distinct()
+                                     .order_by(outbox.c.source)).scalars())
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from bridge import metrics
 from bridge.logs import log_line
 from bridge.mail.compose import compose, envelope
 from bridge.mail.smtp import ConnectFailed, classify
@@ -74,6 +75,7 @@ class Sender:
             failure = classify(exc)
             seconds = time.monotonic() - started
             status = self.outbox.mark_failed(row, token, failure, seconds)
+            metrics.mail_failed(exc, status, seconds)
             log_line("delivery", logging.WARNING, outbox_id=row.id, delivery_id=row.delivery_id,
                      source=row.source, status=status, attempt=row.attempts + 1,
                      ms=round(seconds * 1000), error=failure.detail, hint=failure.hint)
@@ -83,6 +85,7 @@ class Sender:
         log_line("delivery", outbox_id=row.id, delivery_id=row.delivery_id, source=row.source,
                  status="sent", attempt=row.attempts + 1, ms=round(seconds * 1000),
                  message_id=row.message_id, via=transport.describe())
+        metrics.mail_sent(seconds)
         return True
 
     # -- the loop

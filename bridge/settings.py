@@ -5,6 +5,8 @@ Heroku config var stops the dyno with a readable reason instead of a traceback l
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import socket
 import urllib.parse
@@ -186,6 +188,14 @@ def _smtp(env: EnvReader) -> SmtpSettings | None:
                         connections=env.int("SMTP_CONNECTIONS", 2, minimum=1))
 
 
+def _session_key(admin_token: str) -> str:
+    """Without SECRET_KEY: a key derived from ADMIN_TOKEN, so every gunicorn worker signs the
+    deliveries page's session cookie alike (and a new token logs everyone out)."""
+    if not admin_token:
+        return os.urandom(32).hex()
+    return hmac.new(admin_token.encode("utf-8"), b"bridge session cookie", hashlib.sha256).hexdigest()
+
+
 def _database_url(env: EnvReader, root: Path) -> str:
     url = env.str("DATABASE_URL")
     if not url:
@@ -241,6 +251,6 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         templates_dir=Path(templates_dir) if templates_dir else None,
         log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
         admin_token=admin_token,
-        secret_key=env.str("SECRET_KEY") or os.urandom(32).hex(),
+        secret_key=env.str("SECRET_KEY") or _session_key(admin_token),
         sources={name: source.load_config(env) for name, source in SOURCES.items()},
     )

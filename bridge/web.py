@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from bridge import metrics
 from bridge.intake import request_record, store
 from bridge.logs import log_line
 from bridge.sources import HOOKS
@@ -56,9 +57,11 @@ def hook(name: str, route: str | None = None):
         finally:
             slots.release()
     code, body = result[1], result[0].get_json()
+    metrics.request(name, code, body.get("status"))
     log_line("request", source=name, route=route, code=code, outcome=body.get("status"),
-             id=body.get("id"), reason=body.get("reason"), delivery_id=request.headers.get(
-                 "X-GitHub-Delivery") or request.headers.get("Idempotency-Key"),
+             outbox_id=body.get("id"), reason=body.get("reason"),
+             delivery_id=g.get("delivery_id") or request.headers.get("X-GitHub-Delivery")
+             or request.headers.get("Idempotency-Key"),
              ms=round((time.monotonic() - started) * 1000))
     return result
 
@@ -81,6 +84,8 @@ def _take(source, route: str | None):
         return answer(400, "error", reason=f"payload could not be read ({type(exc).__name__})")
     if isinstance(parsed, Answer):
         return answer(200, parsed.status, reason=parsed.reason or None)
+    # The source's own delivery ids, for the request's log line.
+    g.delivery_id = ",".join(dict.fromkeys(e.delivery_id for e in parsed if e.delivery_id))
     record = request_record(request.method, request.full_path.rstrip("?"), headers, body)
     try:
         results = [store(svc, event, recipients, route, record) for event in parsed]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The system packages the whole test suite uses: a PostgreSQL server (scale-out tests),
-# Debian's Alertmanager (end-to-end test) and Chromium (deliveries page in a real browser).
+# Debian's Alertmanager (end-to-end test) and Chromium (deliveries page in a real browser), with
+# a small CJK font so the deliveries page's screenshots show Chinese subjects, not boxes.
 # Installs what is missing when run as root with apt-get; otherwise says what is missing,
 # and those tests skip (or fail, under CI=true).
 set -uo pipefail
-want=(postgresql prometheus-alertmanager chromium)
+want=(postgresql prometheus-alertmanager chromium fonts-wqy-microhei)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

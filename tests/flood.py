@@ -58,3 +58,19 @@ def flood(port: int, path: str, bodies, connections: int, seconds: float,
 
     asyncio.run(main())
     return codes, latencies
+
+
+def main() -> None:
+    """`python -m tests.flood PORT PATH COUNT CONNECTIONS SECONDS`: run in a process of its
+    own so the load generator does not share a GIL with whoever measures the server."""
+    import json
+    import sys
+
+    port, path, count, connections, seconds = sys.argv[1:6]
+    bodies = (json.dumps({"subject": f"flood {i}", "text": "t"}).encode() for i in range(int(count)))
+    codes, latencies = flood(int(port), path, bodies, int(connections), float(seconds))
+    print(json.dumps({"codes": {str(k): v for k, v in codes.items()}, "requests": len(latencies)}))
+
+
+if __name__ == "__main__":
+    main()

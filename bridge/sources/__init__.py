@@ -1,11 +1,13 @@
 """Every source, explicitly. Each module has NAME, MAX_BODY, load_config, verify and parse."""
-from bridge.sources import alertmanager, generic, github
+from bridge.sources import alertmanager, generic, github, wechat
 
 SOURCES = {
     generic.NAME: generic,
     github.NAME: github,
     alertmanager.NAME: alertmanager,
+    wechat.NAME: wechat,
 }
 
-# Sources served at /hooks/<name>[/<route>] with the JSON answers of DESIGN.md.
+# Sources served at /hooks/<name>[/<route>] with the JSON answers of DESIGN.md;
+# WeChat has its own endpoint (bridge/wechat_web.py), which answers as WeChat expects.
 HOOKS = {name: SOURCES[name] for name in ("generic", "github", "alertmanager")}
