@@ -9,7 +9,7 @@ then through a proxy adding 20 ms round trip, the worker with SMTP_CONNECTIONS=1
 the two raw baselines again, at that distance).
 Rates are counted at the server: messages between its first and last arrival.
 
-    python -m bench.delivery [--mails 1000] [--rounds 3] [--per-connection-mails 200] [--proxy-mails 200]
+    python -m bench.delivery [--mails 1000] [--rounds 3] [--per-connection-mails 200] [--proxy-mails 120]
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=1000, help="per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-connection-mails", type=int, default=200)
-    parser.add_argument("--proxy-mails", type=int, default=200)
+    parser.add_argument("--proxy-mails", type=int, default=120)
     args = parser.parse_args()
     tmp = workdir("delivery")
     server = SmtpProcess(tmp / "smtp.log")

@@ -2,7 +2,7 @@
 process while events stream through them: posted by wrk (keep-alive connections), stored,
 and sent over implicit TLS + AUTH to bench/smtp_server.py. Target < 80 MB each, flat.
 
-    python -m bench.memory [--events 100000] [--seconds 120] [--endpoint github|generic]
+    python -m bench.memory [--events 100000] [--seconds 90] [--endpoint github|generic]
 
 Stops at --events stored or after --seconds of load, whichever comes first, and prints the
 curve (one sample per load segment) so a slow machine still shows the trend.
@@ -19,6 +19,7 @@ from bench.intake import default_endpoint, wrk, wrk_script
 from bench.payloads import SECRET
 
 SEGMENT_SECONDS = 5
+CATCH_UP_SECONDS = 30  # after the load, the worker's time to send the backlog
 TARGET_MB = 80.0
 
 
@@ -38,7 +39,7 @@ def sample(web_pids: list[int], worker_pid: int, events: int, sent: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--seconds", type=int, default=120)
+    parser.add_argument("--seconds", type=int, default=90)
     parser.add_argument("--endpoint", choices=("github", "generic"), default=default_endpoint())
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
@@ -59,7 +60,7 @@ def main() -> None:
                 if load["bad"]:  # 429 (load shed) is an answer the bridge may give; others not
                     raise RuntimeError(f"{load['bad']} answers were not 202 or 429; see {tmp}/web.log")
                 curve.append(sample(web_pids, sender.pid, stored(tmp), server.stats()["count"]))
-            server.wait_for(curve[-1]["events"], timeout=60)
+            server.wait_for(curve[-1]["events"], timeout=CATCH_UP_SECONDS)
             curve.append(sample(web_pids, sender.pid, stored(tmp), server.stats()["count"]))
     report(curve, args.events)
 
