@@ -28,7 +28,7 @@ def no_attachments(row: Any) -> list[tuple[str, str, bytes]]:
 
 class Sender:
     def __init__(self, outbox: Outbox, make_transport: Callable[[], Any], batch_size: int = 20,
-                 lease_seconds: float = 120.0, poll_seconds: float = 1.0,
+                 lease_seconds: float = 60.0, poll_seconds: float = 1.0,
                  attach: Callable[[Any], list] = no_attachments):
         self.outbox = outbox
         self.make_transport = make_transport
