@@ -298,28 +298,28 @@ class Outbox:
             ).all()
         return token, sorted(rows, key=lambda r: r.id)
 
-    def finish(self, token: str, sent: list[tuple[int, str, float]], delay: float = 0.0) -> tuple[int, int]:
-        """Close a claim in one transaction: mark the rows it delivered (row id, server answer,
-        seconds) sent, and give back the rows it did not get to, due again after `delay`.
-        A sender that dies before this resends at most its batch. Returns (marked, released)."""
+    def mark_sent(self, row_id: int, token: str, detail: str, seconds: float) -> bool:
+        """Record a delivery at once: a sender killed later resends nothing it already sent,
+        only the message it had in hand."""
         now = time.time()
-        ids = [row_id for row_id, _, _ in sent]
         with self._writing() as conn:
-            marked = conn.execute(
-                outbox.update().where(outbox.c.id.in_(ids), outbox.c.claim == token)
+            done = conn.execute(
+                outbox.update().where(outbox.c.id == row_id, outbox.c.claim == token)
                 .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
                         claim=None, claimed_until=None, last_error=None, hint=None)
-            ).rowcount if ids else 0
-            if sent:
-                conn.execute(attempts.insert(), [
-                    {"outbox_id": row_id, "at": now, "outcome": SENT, "detail": detail[:2000],
-                     "seconds": seconds} for row_id, detail, seconds in sent])
-            released = conn.execute(
+            ).rowcount
+            self._log_attempt(conn, row_id, now, SENT, detail, seconds)
+        return bool(done)
+
+    def release(self, token: str, delay: float = 0.0) -> int:
+        """Give back the rows a claim did not get to: due again after `delay` seconds."""
+        now = time.time()
+        with self._writing() as conn:
+            return conn.execute(
                 outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
                 .values(status=sa.case((outbox.c.attempts > 0, RETRYING), else_=QUEUED),
                         claim=None, claimed_until=None, next_attempt_at=now + delay, updated_at=now)
             ).rowcount
-        return marked, released
 
     def mark_failed(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
         """Record a failed attempt; the row goes back to the queue with backoff, or dies."""

@@ -28,7 +28,7 @@ def no_attachments(row: Any) -> list[tuple[str, str, bytes]]:
 
 class Sender:
     def __init__(self, outbox: Outbox, make_transport: Callable[[], Any], batch_size: int = 20,
-                 lease_seconds: float = 120.0, poll_seconds: float = 1.0,
+                 lease_seconds: float = 60.0, poll_seconds: float = 1.0,
                  attach: Callable[[Any], list] = no_attachments):
         self.outbox = outbox
         self.make_transport = make_transport
@@ -46,7 +46,7 @@ class Sender:
         token, rows = self.outbox.claim(self.batch_size, self.lease_seconds)
         claimed_at = time.monotonic()
         delay = 0.0
-        sent: list[tuple[int, str, float]] = []
+        handled = 0
         try:
             for row in rows:
                 if self.stopping.is_set():
@@ -54,18 +54,18 @@ class Sender:
                 if time.monotonic() - claimed_at > self.lease_seconds / 2:
                     self.outbox.extend(token, self.lease_seconds)
                     claimed_at = time.monotonic()
-                if not self.deliver(transport, row, token, sent):
+                handled += 1
+                if not self.deliver(transport, row, token):
                     # No connection: the rest of the claim waits as long as this row does.
                     delay = self.outbox.backoff(row.attempts + 1)
                     break
         finally:
-            if rows:
-                self.outbox.finish(token, sent, delay)
+            if handled < len(rows):
+                self.outbox.release(token, delay)
         return len(rows)
 
-    def deliver(self, transport, row, token: str, sent: list) -> bool:
-        """Send one row; a success joins `sent` (marked with the batch), a failure is marked
-        now. False when the server could not be reached."""
+    def deliver(self, transport, row, token: str) -> bool:
+        """Send one row and record the outcome; False when the server could not be reached."""
         started = time.monotonic()
         try:
             msg = compose(row, self.attach(row))
@@ -81,7 +81,7 @@ class Sender:
                      ms=round(seconds * 1000), error=failure.detail, hint=failure.hint)
             return not isinstance(exc, ConnectFailed)
         seconds = time.monotonic() - started
-        sent.append((row.id, detail, seconds))
+        self.outbox.mark_sent(row.id, token, detail, seconds)
         log_line("delivery", outbox_id=row.id, delivery_id=row.delivery_id, source=row.source,
                  status="sent", attempt=row.attempts + 1, ms=round(seconds * 1000),
                  message_id=row.message_id, via=transport.describe())

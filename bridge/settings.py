@@ -242,7 +242,7 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         send_in_web=env.bool("SEND_IN_WEB", True),
         batch_size=env.int("SENDER_BATCH", 20, minimum=1),
         intake_max_inflight=env.int("INTAKE_MAX_INFLIGHT", 8, minimum=1),
-        lease_seconds=env.float("SENDER_LEASE_SECONDS", 120.0, minimum=1.0),
+        lease_seconds=env.float("SENDER_LEASE_SECONDS", 60.0, minimum=1.0),
         poll_seconds=env.float("SENDER_POLL_SECONDS", 1.0, minimum=0.01),
         max_attempts=env.int("MAX_ATTEMPTS", 15, minimum=1),
         retry_base_seconds=env.float("RETRY_BASE_SECONDS", 10.0, minimum=0.0),

@@ -68,8 +68,8 @@ def test_claim_lease_and_fencing(db_url):
     time.sleep(0.35)
     token2, rows2 = box.claim(10, lease=30)           # the lease ran out: due again
     assert [r.id for r in rows2] == [row_id]
-    assert box.finish(token, [(row_id, "late", 0.1)]) == (0, 0)   # the old claim cannot mark it
-    assert box.finish(token2, [(row_id, "ok", 0.1)]) == (1, 0)
+    assert box.mark_sent(row_id, token, "late", 0.1) is False   # the old claim cannot mark it
+    assert box.mark_sent(row_id, token2, "ok", 0.1) is True
     assert box.get(row_id).status == SENT
 
 
@@ -97,7 +97,7 @@ def test_release_gives_back_unsent_rows(db_url):
     box.enqueue(mail("r1"))
     box.enqueue(mail("r2"))
     token, rows = box.claim(10, 300)
-    assert box.finish(token, []) == (0, 2)
+    assert box.release(token) == 2
     assert box.counts() == {QUEUED: 2}
 
 
