@@ -2,6 +2,7 @@
 
 The order of checks is the same for every source: size (413, before reading), route (404),
 credentials (401), parse (400/415), then store (202, or 503 when the database is away).
+More than INTAKE_MAX_INFLIGHT requests at once in one process: 429 before any of that.
 """
 from __future__ import annotations
 
