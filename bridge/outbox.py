@@ -1,8 +1,9 @@
 """The outbox: one table that is both the queue and the delivery history.
 
 Intake inserts a rendered mail (idempotent on its dedup key) and commits before the 2xx goes
-back; concurrent requests share one transaction (group commit). Senders claim due rows with a lease: PostgreSQL's `FOR UPDATE SKIP LOCKED` lets several
-processes claim side by side; SQLite serialises writers with `BEGIN IMMEDIATE`. A claim that
+back; concurrent requests share one transaction (group commit). Senders claim due rows with
+a lease: PostgreSQL's `FOR UPDATE SKIP LOCKED` lets several processes claim side by side;
+SQLite serialises writers with `BEGIN IMMEDIATE`. A claim that
 outlives its lease (its process died) is due again. Every mark carries the claim token, so a
 sender whose lease ran out cannot overwrite the row another sender now owns.
 """
