@@ -6,11 +6,13 @@ without its own files falls back to `<source>/default`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
+from bridge.logs import log_line
 from bridge.sources.base import Event
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
@@ -57,11 +59,27 @@ class Renderer:
             return None
 
     def render(self, event: Event) -> Rendered:
+        """Render with the event's templates; if one fails (a user's override, an odd payload),
+        with the source's default ones; if those fail too, a plain note. An accepted event
+        always becomes a mail: a template bug must not turn into a 500 and a lost event."""
+        source = event.template.split("/", 1)[0]
+        for family in dict.fromkeys((event.template, f"{source}/default")):
+            try:
+                return self._render(family, event)
+            except Exception as exc:  # noqa: BLE001 — any template error, logged, then fallback
+                log_line("render_failed", logging.ERROR, template=family, kind=event.kind,
+                         delivery_id=event.delivery_id, error=f"{type(exc).__name__}: {exc}"[:300])
+        return Rendered(subject=event.kind,
+                        text=f"The templates for {event.kind} failed; see the bridge's log and its "
+                             f"deliveries page (delivery {event.delivery_id or 'without an id'}).\n",
+                        html=None)
+
+    def _render(self, family: str, event: Event) -> Rendered:
         context = dict(event.context, event=event)
-        parts = {}
-        for part in ("subject", "txt", "html"):
-            template = self._pick(event.template, part)
-            parts[part] = template.render(context) if template else ""
+        templates = {part: self._pick(family, part) for part in ("subject", "txt", "html")}
+        if not any(templates.values()):
+            raise jinja2.TemplateNotFound(family)
+        parts = {part: template.render(context) if template else "" for part, template in templates.items()}
         subject = one_line(parts["subject"]) or event.kind
         html = parts["html"].strip() or None
         return Rendered(subject=subject, text=parts["txt"], html=html)

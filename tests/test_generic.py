@@ -107,3 +107,16 @@ def test_database_away_is_503_not_500(app, client):
     assert r.status_code == 503 and r.json["status"] == "error"
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_broken_template_override_still_stores_and_mails(make_app, tmp_path):
+    override = tmp_path / "templates" / "generic"
+    override.mkdir(parents=True)
+    (override / "message.txt.j2").write_text("{{ text }} {{ 1 / 0 }}")
+    app = make_app(TEMPLATES_DIR=str(tmp_path / "templates"))
+    r = app.test_client().post("/hooks/generic", json={"subject": "still here", "text": "t"},
+                               headers={"Idempotency-Key": "broken-1"})
+    assert r.status_code == 202
+    (row,) = rows(app)
+    assert row.subject == "generic:message"
+    assert "templates for generic:message failed" in row.text and "broken-1" in row.text
