@@ -202,3 +202,18 @@ def test_maildir_is_the_default(app, client, tmp_path):
     (msg,) = [box.get_message(k) for k in box.keys()]
     parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
     assert parsed["Subject"] == "本地 maildir"
+
+
+@pytest.mark.parametrize("subject", [
+    "=?utf-8?q?hi=0D=0AReply-To:_attacker@evil.example?=",
+    "=?utf-8?b?aGkNClJlcGx5LVRvOiBhdHRhY2tlckBldmlsLmV4YW1wbGU=?=",
+    "=?utf-8?q?=3D=3Futf-8=3Fq=3Fhi=3D0D=3D0AReply-To:_attacker@evil.example=3F=3D?=",
+])
+def test_encoded_words_cannot_smuggle_a_header(smtp_app, smtp_server, subject):
+    post(smtp_app.test_client(), subject)
+    drain(smtp_app).close()
+    (msg,) = smtp_server.messages
+    raw = msg.as_bytes()
+    head = raw.split(b"\n\n", 1)[0]
+    assert b"\nReply-To:" not in head and msg["Reply-To"] is None
+    assert "attacker@evil.example" in msg["Subject"]

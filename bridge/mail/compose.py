@@ -59,23 +59,38 @@ def _addresses(value: str) -> list[str]:
     return [addr for _, addr in getaddresses([one_line(value)]) if addr]
 
 
+def set_header(msg: EmailMessage, name: str, value: str) -> None:
+    """Set a header whose value may come from a payload. Folding CR/LF is not enough: the
+    email package decodes RFC 2047 words as it parses a value (`=?utf-8?q?a=0D=0AX:_y?=`),
+    and would write a decoded CR LF out as a line break, so the decoded value is checked too."""
+    value = one_line(value)
+    for _ in range(3):  # an encoded word may hide another one
+        msg[name] = value
+        decoded = str(msg[name])
+        if "\r" not in decoded and "\n" not in decoded:
+            return
+        del msg[name]
+        value = one_line(decoded)
+    msg[name] = value.replace("=?", "= ?")  # give up on encoded words in this value
+
+
 def compose(row: Any, attachments: Iterable[tuple[str, str, bytes]] = ()) -> EmailMessage:
     """Build the message for an outbox row; `attachments` are (filename, mime type, bytes)."""
     msg = EmailMessage(policy=POLICY)
-    msg["Subject"] = one_line(row.subject)
-    msg["From"] = one_line(row.mail_from)
+    set_header(msg, "Subject", row.subject)
+    set_header(msg, "From", row.mail_from)
     msg["To"] = ", ".join(_addresses(row.mail_to))
     msg["Date"] = formatdate(row.created_at, localtime=False, usegmt=True)
-    msg["Message-ID"] = one_line(row.message_id)
+    set_header(msg, "Message-ID", row.message_id)
     if row.in_reply_to:
-        msg["In-Reply-To"] = one_line(row.in_reply_to)
-        msg["References"] = one_line(row.in_reply_to)
+        set_header(msg, "In-Reply-To", row.in_reply_to)
+        set_header(msg, "References", row.in_reply_to)
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
     extra: Mapping[str, str] = json.loads(row.headers or "{}")
     for name, value in extra.items():
         if name.replace("-", "").isalnum():
-            msg[name] = one_line(value)
+            set_header(msg, name, value)
     msg.set_content(row.text or "", subtype="plain", charset="utf-8")
     if row.html:
         msg.add_alternative(row.html, subtype="html", charset="utf-8")
