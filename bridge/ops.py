@@ -156,7 +156,8 @@ def _filters() -> dict:
 
 
 def _page() -> int:
-    return max(1, request.args.get("page", 1, type=int))
+    # Capped: a huge number would overflow the database's OFFSET.
+    return min(10 ** 6, max(1, request.args.get("page", 1, type=int)))
 
 
 def _list(filters: dict, page: int):

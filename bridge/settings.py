@@ -211,7 +211,7 @@ def _database_url(env: EnvReader, root: Path) -> str:
 
 def _routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
     reader = EnvReader(env)
-    return {name[len("MAIL_TO_"):]: reader.list(name)
+    return {route_key(name[len("MAIL_TO_"):]): reader.list(name)
             for name in env if name.startswith("MAIL_TO_") and reader.list(name)}
 
 

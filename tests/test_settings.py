@@ -84,3 +84,8 @@ def test_start_up_stops_with_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip() == "bridge: configuration error: SMTP_PORT='abc' is not a whole number"
     assert "hunter2" not in run.stderr
+
+
+def test_route_variables_of_any_case(tmp_path):
+    s = load_settings({"MAIL_TO_team_b": "b@x.org"}, root=tmp_path)
+    assert s.recipients("Team-B") == ("b@x.org",)

@@ -72,10 +72,16 @@ def _aes_keys(env: EnvReader) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _ascii_number(text: str) -> bool:
+    """0-9 only: str.isdigit() also takes '²' and other digits int() refuses."""
+    text = text.strip()
+    return text.isascii() and text.isdecimal()
+
+
 def _rate(env: EnvReader) -> tuple[int, float]:
     raw = env.str("WECHAT_RATE_LIMIT", "20/600")
     count, _, seconds = raw.partition("/")
-    if not (count.strip().isdigit() and seconds.strip().isdigit() and int(seconds) > 0):
+    if not (_ascii_number(count) and _ascii_number(seconds) and int(seconds) > 0):
         raise SettingsError(f"WECHAT_RATE_LIMIT={raw!r} must look like 20/600 "
                             "(messages per sender / seconds)")
     return int(count), float(seconds)
@@ -129,7 +135,7 @@ class Inbound:
 
 def _fresh(params: Mapping[str, str], config: Config, now: float) -> str:
     stamp = params.get("timestamp", "")
-    if not stamp.isdigit():
+    if not _ascii_number(stamp):
         raise Rejected(403, "missing or malformed timestamp")
     if abs(int(stamp) - now) > config.timestamp_window:
         raise Rejected(403, f"timestamp is more than {config.timestamp_window} s from now "
