@@ -1,6 +1,7 @@
 """Event → rendered, stored outbox row: the one path every source's events take."""
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any, Mapping
 
@@ -21,6 +22,11 @@ def request_record(method: str, path: str, headers: Mapping[str, str], body: byt
             "truncated": len(body) > REQUEST_BODY_CAP}
 
 
+def bounded_key(key: str) -> str:
+    """A dedup key that fits its column: long ones (built from request headers) are hashed."""
+    return key if len(key) <= 200 else "sha256:" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+
 def store(services, event: Event, recipients: tuple[str, ...], route: str | None = None,
           request: Mapping[str, Any] | None = None) -> Stored:
     """Render `event`, store it (idempotently), and wake the sender."""
@@ -32,7 +38,7 @@ def store(services, event: Event, recipients: tuple[str, ...], route: str | None
     msg_id, in_reply_to = thread_ids(id_key, event.thread_key, event.thread_root,
                                      mail_domain(settings.mail_from))
     stored = services.outbox.enqueue(NewMail(
-        dedup_key=event.dedup_key, source=event.source, kind=event.kind,
+        dedup_key=bounded_key(event.dedup_key), source=event.source, kind=event.kind,
         subject=rendered.subject, text=rendered.text, html=rendered.html,
         mail_from=settings.mail_from, mail_to=recipients, message_id=msg_id,
         in_reply_to=in_reply_to, route=route, delivery_id=event.delivery_id,

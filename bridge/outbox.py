@@ -40,9 +40,9 @@ outbox = sa.Table(
     sa.Column("dedup_key", sa.String(300), nullable=False, unique=True),
     sa.Column("fingerprint", sa.String(300), nullable=False, index=True),
     sa.Column("source", sa.String(32), nullable=False),
-    sa.Column("kind", sa.String(200), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
     sa.Column("route", sa.String(100)),
-    sa.Column("delivery_id", sa.String(300), index=True),
+    sa.Column("delivery_id", sa.Text, index=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("text", sa.Text, nullable=False),
@@ -160,8 +160,15 @@ class GroupCommitter:
             try:
                 results = self.store([item for item, _ in group])
             except BaseException as exc:  # handed to every caller; this thread lives on
-                for _, done in group:
-                    done.set_exception(exc)
+                if len(group) == 1:
+                    group[0][1].set_exception(exc)
+                    continue
+                # One bad row must not fail the requests it shared a transaction with.
+                for item, done in group:
+                    try:
+                        done.set_result(self.store([item])[0])
+                    except BaseException as one:
+                        done.set_exception(one)
             else:
                 for (_, done), result in zip(group, results):
                     done.set_result(result)
@@ -348,12 +355,14 @@ class Outbox:
             self._log_attempt(conn, row.id, now, status, failure.detail, seconds)
         return status
 
-    def extend(self, token: str, lease: float) -> None:
-        """Keep a claim for `lease` more seconds (a slow server must not let it lapse)."""
+    def extend(self, token: str, lease: float) -> set[int]:
+        """Keep a claim's unsent rows for `lease` more seconds; returns the ids still held (a
+        row whose lease lapsed may have been claimed by another sender meanwhile)."""
         now = time.time()
         with self._writing(durable=False) as conn:
-            conn.execute(outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
-                         .values(claimed_until=now + lease))
+            return set(conn.execute(
+                outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
+                .values(claimed_until=now + lease).returning(outbox.c.id)).scalars())
 
     def backoff(self, attempts: int) -> float:
         """Exponential, capped, with ±25 % jitter so a fleet of retries does not stampede."""

@@ -45,16 +45,22 @@ class Sender:
         """Claim one batch and try each row once; returns how many rows were claimed."""
         token, rows = self.outbox.claim(self.batch_size, self.lease_seconds)
         claimed_at = time.monotonic()
+        held = {row.id for row in rows}
         delay = 0.0
         handled = 0
         try:
             for row in rows:
                 if self.stopping.is_set():
                     break
-                if time.monotonic() - claimed_at > self.lease_seconds / 2:
-                    self.outbox.extend(token, self.lease_seconds)
+                # Renew before a row once a third of the lease is gone, so each row starts with
+                # a full lease; a row whose lease lapsed anyway may be another sender's now.
+                if time.monotonic() - claimed_at > self.lease_seconds / 3:
+                    held = self.outbox.extend(token, self.lease_seconds)
                     claimed_at = time.monotonic()
                 handled += 1
+                if row.id not in held:
+                    log_line("claim_lost", logging.WARNING, outbox_id=row.id)
+                    continue
                 if not self.deliver(transport, row, token):
                     # No connection: the rest of the claim waits as long as this row does.
                     delay = self.outbox.backoff(row.attempts + 1)

@@ -10,7 +10,7 @@ import logging
 import time
 
 from flask import Blueprint, current_app, g, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from bridge import metrics
 from bridge.intake import request_record, store
@@ -90,9 +90,12 @@ def _take(source, route: str | None):
     record = request_record(request.method, request.full_path.rstrip("?"), headers, body)
     try:
         results = [store(svc, event, recipients, route, record) for event in parsed]
-    except (SQLAlchemyError, OSError) as exc:
+    except (OperationalError, InterfaceError, OSError) as exc:
         log_line("store_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
         return answer(503, "error", reason="the outbox database is unavailable; try again")
+    except Exception as exc:  # the database refused this payload's values: retrying won't help
+        log_line("store_refused", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
+        return answer(400, "error", reason=f"this payload could not be stored ({type(exc).__name__})")
     if not results:
         return answer(200, "ignored", reason="nothing to mail in this request")
     return _summarise(results, parsed)

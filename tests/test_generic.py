@@ -120,3 +120,16 @@ def test_a_broken_template_override_still_stores_and_mails(make_app, tmp_path):
     (row,) = rows(app)
     assert row.subject == "generic:message"
     assert "templates for generic:message failed" in row.text and "broken-1" in row.text
+
+
+def test_lone_surrogate_is_400_not_500(app, client):
+    r = post(client, data=b'{"subject": "\\ud800x", "text": "t"}')
+    assert r.status_code == 400 and "surrogate" in r.json["reason"]
+    assert rows(app) == []
+
+
+def test_long_idempotency_key_and_values_are_stored(app, client):
+    r = post(client, {"subject": "s", "text": "t"}, key="k" * 5000)
+    assert r.status_code == 202
+    again = post(client, {"subject": "s", "text": "t"}, key="k" * 5000)
+    assert again.status_code == 200 and again.json["status"] == "duplicate"

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -181,3 +182,32 @@ def test_sigterm_finishes_the_message_in_hand(tmp_path, plain_smtp):
     sent = statuses.count(SENT)
     assert 1 <= sent < 5 and len(plain_smtp.messages) == sent
     assert all(s in (SENT, QUEUED) for s in statuses)
+
+
+def test_a_row_whose_lease_lapsed_and_was_taken_is_not_sent_again(tmp_path, plain_smtp):
+    """The first sender's send outlives its whole lease; a second sender takes the claim over
+    meanwhile. The mail in flight goes twice (unavoidable), the next one only once."""
+    url = f"sqlite:///{tmp_path / 'lapse.db'}"
+    box = new_outbox(url)
+    for key in ("slow", "next"):
+        box.enqueue(mail(key))
+    plain_smtp.delay_seconds = 1.2
+    first = Sender(box, lambda: plain_transport(plain_smtp), batch_size=2, lease_seconds=1.0)
+    thief = Sender(new_outbox(url), lambda: plain_transport(plain_smtp), batch_size=2, lease_seconds=30)
+
+    def steal():
+        time.sleep(1.05)                                  # the first claim has lapsed by now
+        transport = plain_transport(plain_smtp)
+        thief.work_once(transport)
+        transport.close()
+
+    other = threading.Thread(target=steal)
+    other.start()
+    transport = plain_transport(plain_smtp)
+    first.work_once(transport)
+    transport.close()
+    other.join()
+    subjects = [m["Subject"] for m in plain_smtp.messages]
+    assert subjects.count("subject next") == 1, subjects
+    assert subjects.count("subject slow") == 2, subjects
+    assert box.counts() == {SENT: 2}

@@ -70,6 +70,10 @@ def json_object(raw: str | bytes, what: str = "body") -> dict:
         raise Rejected(400, f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise Rejected(400, f"{what} must be a JSON object")
+    try:  # JSON may escape a lone UTF-16 surrogate (\ud800), which no mail or database takes
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected(400, f"{what} holds a lone UTF-16 surrogate, which is not text") from None
     return doc
 
 
