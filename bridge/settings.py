@@ -147,7 +147,7 @@ class Settings:
         return self.database_url.startswith("postgresql")
 
 
-def _smtp_from_url(url: str, env: EnvReader) -> tuple[str, int, str, str, str]:
+def _smtp_from_url(url: str) -> tuple[str, int, str, str, str]:
     parts = urllib.parse.urlsplit(url)
     schemes = {"smtps": "ssl", "smtp+ssl": "ssl", "smtp+starttls": "starttls", "smtp": "none"}
     if parts.scheme not in schemes or not parts.hostname:
@@ -165,7 +165,7 @@ def _smtp_from_url(url: str, env: EnvReader) -> tuple[str, int, str, str, str]:
 
 def _smtp(env: EnvReader) -> SmtpSettings | None:
     if env.str("SMTP_URL"):
-        host, port, security, user, password = _smtp_from_url(env.str("SMTP_URL"), env)
+        host, port, security, user, password = _smtp_from_url(env.str("SMTP_URL"))
     elif env.str("SMTP_HOST"):
         host = env.str("SMTP_HOST")
         port = env.int("SMTP_PORT", 465, minimum=1)

@@ -59,7 +59,6 @@ class SmtpTransport:
         self.settings = settings
         self.local_hostname = local_hostname
         self.conn: smtplib.SMTP | None = None
-        self.logins = 0
 
     def describe(self) -> str:
         s = self.settings
@@ -86,7 +85,6 @@ class SmtpTransport:
                 conn.starttls(context=self._tls_context())
             if s.user:
                 conn.login(s.user, s.password)
-                self.logins += 1
         except BaseException:
             conn.close()
             raise

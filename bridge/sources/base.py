@@ -1,9 +1,9 @@
 """The neutral shapes every source produces: Event, Answer, and the one typed error."""
 from __future__ import annotations
 
-import fnmatch
 import hmac
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -87,5 +87,7 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def matches_any(value: str, globs: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(value, glob) for glob in globs)
+def matches_any(value: str, globs: tuple[str, ...] | list[str]) -> bool:
+    """Globs with * and ? only: brackets are literal, so `*[bot]` means what it says."""
+    return any(re.fullmatch(re.escape(g).replace(r"\*", ".*").replace(r"\?", "."), value, re.DOTALL)
+               for g in globs)

@@ -16,7 +16,7 @@ from typing import Mapping
 
 from bridge.logs import log_line
 from bridge.settings import EnvReader, SettingsError
-from bridge.sources.base import Answer, Event, Rejected, header, json_object, media_type
+from bridge.sources.base import Answer, Event, Rejected, header, json_object, matches_any, media_type
 from bridge.sources.github_views import Limits, Payload, View, dig, router, scalar
 
 NAME = "github"
@@ -154,12 +154,6 @@ def list_label(scope: str) -> str:
 
 
 # --------------------------------------------------------------------------- filters
-
-def matches_any(value: str, globs: tuple[str, ...] | list[str]) -> bool:
-    """Globs with * and ? only: brackets are literal, so `*[bot]` means what it says."""
-    return any(re.fullmatch(re.escape(g).replace(r"\*", ".*").replace(r"\?", "."), value, re.DOTALL)
-               for g in globs)
-
 
 def selected(names: list[str], globs: tuple[str, ...]) -> bool:
     """True when a plain glob matches one of `names` and no `!glob` does (only `!` globs: all
