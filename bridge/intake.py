@@ -5,9 +5,15 @@ import hashlib
 import uuid
 from typing import Any, Mapping
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from bridge.mail.compose import mail_domain, thread_ids
 from bridge.outbox import NewMail, Stored
 from bridge.sources.base import Event
+
+# Errors that mean the outbox database cannot be reached (answer 503 so the sender retries),
+# as opposed to one that refuses this payload's values (retrying would not help).
+DATABASE_DOWN = (OperationalError, InterfaceError, OSError)
 
 MASKED = ("authorization", "cookie", "signature", "token", "secret", "password")
 REQUEST_BODY_CAP = 256 * 1024

@@ -10,10 +10,10 @@ import logging
 import time
 
 from flask import Blueprint, current_app, g, jsonify, request
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import metrics
-from bridge.intake import request_record, store
+from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
 from bridge.sources import HOOKS
 from bridge.sources.base import Answer, Rejected
@@ -90,7 +90,7 @@ def _take(source, route: str | None):
     record = request_record(request.method, request.full_path.rstrip("?"), headers, body)
     try:
         results = [store(svc, event, recipients, route, record) for event in parsed]
-    except (OperationalError, InterfaceError, OSError) as exc:
+    except DATABASE_DOWN as exc:
         log_line("store_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
         return answer(503, "error", reason="the outbox database is unavailable; try again")
     except Exception as exc:  # the database refused this payload's values: retrying won't help

@@ -11,10 +11,9 @@ import logging
 import time
 
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import chatops
-from bridge.intake import request_record, store
+from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
 from bridge.sources import wechat
 from bridge.sources.base import Rejected
@@ -56,7 +55,7 @@ def endpoint():
             code, body, outcome = _message(params, config)
     except Rejected as exc:
         code, body, outcome = exc.status, exc.reason + "\n", "rejected"
-    except (SQLAlchemyError, OSError) as exc:
+    except DATABASE_DOWN as exc:
         log_line("store_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
         code, body, outcome = 503, "the outbox database is unavailable; try again\n", "error"
     except Exception as exc:  # a bug must not become a 500 that WeChat retries three times
