@@ -19,6 +19,7 @@ from bridge.outbox import Outbox, make_engine
 from bridge.render import Renderer
 from bridge.sender import Sender
 from bridge.settings import Settings, SettingsError, load_settings
+from bridge.sources import LOADERS
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _startup_log(settings: Settings, services: Services) -> None:
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """The app factory. `environ` replaces os.environ (and `.env`) when given, for tests."""
     try:
-        settings = load_settings(environ)
+        settings = load_settings(environ, source_loaders=LOADERS)
     except SettingsError as exc:
         # One clear line, then stop: a misconfigured bridge must not half-run.
         print(f"bridge: configuration error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from flask.cli import AppGroup, with_appcontext
 from bridge.intake import store
 from bridge.mail.smtp import classify
 from bridge.outbox import DEAD, SENT
-from bridge.sources.base import Event
+from bridge.events import Event
 
 
 def _services():

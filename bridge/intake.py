@@ -9,7 +9,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from bridge.mail.compose import mail_domain, thread_ids
 from bridge.outbox import NewMail, Stored
-from bridge.sources.base import Event
+from bridge.events import Event
 
 # Errors that mean the outbox database cannot be reached (answer 503 so the sender retries),
 # as opposed to one that refuses this payload's values (retrying would not help).

@@ -21,7 +21,7 @@ from jinja2 import select_autoescape
 
 from bridge.logs import log_line
 from bridge.outbox import DEAD, DUPLICATE, STATUSES
-from bridge.sources.base import bearer_token, same_secret
+from bridge.events import bearer_token, same_secret
 
 bp = Blueprint("ops", __name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 
 from bridge.logs import log_line
-from bridge.sources.base import Event
+from bridge.events import Event
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
 

@@ -12,7 +12,7 @@ import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SECURITY_CHOICES = ("ssl", "starttls", "none")
@@ -215,13 +215,17 @@ def _routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
             for name in env if name.startswith("MAIL_TO_") and reader.list(name)}
 
 
-def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = None) -> Settings:
-    """Build Settings from a mapping (default: os.environ after loading `.env`)."""
+def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = None,
+                  source_loaders: Mapping[str, Callable[[EnvReader], object]] | None = None) -> Settings:
+    """Build Settings from a mapping (default: os.environ after loading `.env`).
+
+    `source_loaders` (name → the source's `load_config`) is handed in by the app factory, so
+    settings never imports the sources that import it.
+    """
     if environ is None:
         from dotenv import load_dotenv
         load_dotenv(Path.cwd() / ".env", override=False)
         environ = os.environ
-    from bridge.sources import SOURCES
 
     root = root or Path.cwd()
     env = EnvReader(environ)
@@ -252,5 +256,5 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
         admin_token=admin_token,
         secret_key=env.str("SECRET_KEY") or _session_key(admin_token),
-        sources={name: source.load_config(env) for name, source in SOURCES.items()},
+        sources={name: load(env) for name, load in (source_loaders or {}).items()},
     )

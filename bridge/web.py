@@ -16,7 +16,7 @@ from bridge import metrics
 from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
 from bridge.sources import HOOKS
-from bridge.sources.base import Answer, Rejected
+from bridge.events import Answer, Rejected
 
 bp = Blueprint("web", __name__)
 

@@ -16,7 +16,7 @@ from bridge import chatops
 from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
 from bridge.sources import wechat
-from bridge.sources.base import Rejected
+from bridge.events import Rejected
 from bridge.web import read_body
 
 bp = Blueprint("wechat", __name__)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from bridge.render import Renderer
 from bridge.settings import EnvReader, SettingsError
 from bridge.sources import alertmanager as am
-from bridge.sources.base import Rejected
+from bridge.events import Rejected
 
 TOKEN = "am-Secret-t0ken"
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from bridge.render import Renderer
 from bridge.settings import EnvReader
 from bridge.sources import github
-from bridge.sources.base import Rejected
+from bridge.events import Rejected
 
 EVENTS = ["push", "issues", "issue_comment", "pull_request", "pull_request_review", "pull_request_review_comment",
           "release", "workflow_run", "workflow_job", "check_run", "check_suite", "create", "delete", "fork", "star",

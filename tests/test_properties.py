@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from bridge.render import Renderer
 from bridge.settings import EnvReader
 from bridge.sources import HOOKS
-from bridge.sources.base import Answer, Rejected
+from bridge.events import Answer, Rejected
 from tests.conftest import CORPUS
 
 RENDERER = Renderer()

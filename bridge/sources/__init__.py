@@ -11,3 +11,6 @@ SOURCES = {
 # Sources served at /hooks/<name>[/<route>] with the JSON answers of DESIGN.md;
 # WeChat has its own endpoint (bridge/wechat_web.py), which answers as WeChat expects.
 HOOKS = {name: SOURCES[name] for name in ("generic", "github", "alertmanager")}
+
+# What the app factory hands to load_settings: each source reads its own variables.
+LOADERS = {name: source.load_config for name, source in SOURCES.items()}

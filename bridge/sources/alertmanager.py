@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
 from bridge.settings import EnvReader
-from bridge.sources.base import Event, Rejected, header, json_object, matches_any, media_type, same_secret
+from bridge.events import Event, Rejected, header, json_object, matches_any, media_type, same_secret
 
 NAME = "alertmanager"
 MAX_BODY = 10 * 1024 * 1024

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from bridge.settings import EnvReader
-from bridge.sources.base import Event, Rejected, bearer_token, header, json_object, media_type, same_secret
+from bridge.events import Event, Rejected, bearer_token, header, json_object, media_type, same_secret
 
 NAME = "generic"
 MAX_BODY = 1024 * 1024

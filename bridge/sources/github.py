@@ -16,7 +16,7 @@ from typing import Mapping
 
 from bridge.logs import log_line
 from bridge.settings import EnvReader, SettingsError
-from bridge.sources.base import Answer, Event, Rejected, header, json_object, matches_any, media_type
+from bridge.events import Answer, Event, Rejected, header, json_object, matches_any, media_type
 from bridge.sources.github_views import Limits, Payload, View, dig, router, scalar
 
 NAME = "github"

@@ -22,7 +22,7 @@ import defusedxml
 from defusedxml.ElementTree import fromstring
 
 from bridge.settings import EnvReader, SettingsError
-from bridge.sources.base import Answer, Event, Rejected, matches_any
+from bridge.events import Answer, Event, Rejected, matches_any
 from bridge.sources import wechat_crypto as crypto
 
 NAME = "wechat"

@@ -1,4 +1,5 @@
-"""The neutral shapes every source produces: Event, Answer, and the one typed error."""
+"""The neutral shapes every layer shares: Event, Answer, the one typed error, and small helpers
+for headers, JSON bodies and secrets. Nothing here knows a source, a template or a database."""
 from __future__ import annotations
 
 import hmac
