@@ -216,6 +216,18 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _add_missing_columns(conn) -> None:
+    """A database made by an earlier release gets the columns added since (each new column is
+    nullable or has a server default, so old rows stay valid): upgrading is restarting."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
@@ -257,6 +269,7 @@ class Outbox:
             if self.is_postgres:  # several web workers start at once; one creates the tables
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
             metadata.create_all(conn, checkfirst=True)
+            _add_missing_columns(conn)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from bridge.outbox import DEAD, QUEUED, RETRYING, SENDING, SENT, Failure, NewMail, Outbox, make_engine, metadata
 from bridge.sender import Sender
@@ -211,3 +212,14 @@ def test_a_row_whose_lease_lapsed_and_was_taken_is_not_sent_again(tmp_path, plai
     assert subjects.count("subject next") == 1, subjects
     assert subjects.count("subject slow") == 2, subjects
     assert box.counts() == {SENT: 2}
+
+
+def test_a_database_from_an_earlier_release_gets_the_new_columns(db_url):
+    box = new_outbox(db_url)
+    box.enqueue(mail("old-row"))
+    with box.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE outbox DROP COLUMN hint")
+    new_outbox(db_url)
+    columns = {c["name"] for c in sa.inspect(box.engine).get_columns("outbox")}
+    assert "hint" in columns
+    assert box.get(1).subject == "subject old-row"
