@@ -18,8 +18,8 @@ from bridge.mail.smtp import SmtpTransport
 from bridge.outbox import Outbox, make_engine
 from bridge.render import Renderer
 from bridge.sender import Sender
-from bridge.settings import Settings, SettingsError, load_settings
-from bridge.sources import LOADERS
+from bridge.settings import EnvReader, Settings, SettingsError, environment, load_settings
+from bridge import sources
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Services:
     """What the blueprints, the CLI and the sender share: one per app."""
 
     settings: Settings
+    hooks: Mapping[str, object]          # name → source served at /hooks/<name>
     outbox: Outbox
     renderer: Renderer
     sender: Sender
@@ -45,13 +46,13 @@ class Services:
         self.sender.start(threads=smtp.connections if smtp else 1)
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, hooks: Mapping[str, object]) -> Services:
     pool = max(5, (smtp.connections if (smtp := settings.smtp) else 1) + 4)
     outbox = Outbox(make_engine(settings.database_url, pool_size=pool),
                     retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
                     max_attempts=settings.max_attempts)
     outbox.create_schema()
-    services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
+    services = Services(settings=settings, hooks=hooks, outbox=outbox, renderer=Renderer(settings.templates_dir),
                         sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight))
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
@@ -71,8 +72,11 @@ def _startup_log(settings: Settings, services: Services) -> None:
 
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """The app factory. `environ` replaces os.environ (and `.env`) when given, for tests."""
+    environ = environment(environ)
     try:
-        settings = load_settings(environ, source_loaders=LOADERS)
+        every_source = sources.registry(EnvReader(environ))
+        settings = load_settings(environ, source_loaders={name: source.load_config
+                                                          for name, source in every_source.items()})
     except SettingsError as exc:
         # One clear line, then stop: a misconfigured bridge must not half-run.
         print(f"bridge: configuration error: {exc}", file=sys.stderr)
@@ -81,7 +85,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 26 * 1024 * 1024
-    services = build_services(settings)
+    services = build_services(settings, sources.hooks(every_source))
     app.extensions["bridge"] = services
 
     from bridge import cli, metrics, ops, web, wechat_web

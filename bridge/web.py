@@ -15,7 +15,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from bridge import metrics
 from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
-from bridge.sources import HOOKS
 from bridge.events import Answer, Rejected
 
 bp = Blueprint("web", __name__)
@@ -44,7 +43,7 @@ def read_body(limit: int) -> bytes:
 @bp.post("/hooks/<name>/<route>")
 def hook(name: str, route: str | None = None):
     started = time.monotonic()
-    source = HOOKS.get(name)
+    source = services().hooks.get(name)
     if source is None:
         return answer(404, "error", reason=f"no source named {name!r}")
     slots = services().intake_slots
@@ -77,7 +76,7 @@ def _take(source, route: str | None):
         if recipients is None:
             return answer(404, "error", reason=f"unknown route {route!r}: set MAIL_TO_<ROUTE>")
         source.verify(headers, body, config)
-        parsed = source.parse(headers, body, config)
+        parsed = source.parse(headers, body, config, route=route)
     except Rejected as exc:
         return answer(exc.status, "error", reason=exc.reason)
     except Exception as exc:  # a parser bug must not become a 500 for the sender to retry forever
