@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-import jinja2
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,17 +37,11 @@ AUTH_KINDS = ("hmac", "token", "bearer", "none")
 
 
 def _template(source: str) -> str:
-    sandbox.compile_template(source)
-    return source
-
-
-def _html_template(source: str) -> str:
-    sandbox.compile_template(source, html=True)
+    sandbox.check_syntax(source)
     return source
 
 
 Template = Annotated[str, AfterValidator(_template)]
-HtmlTemplate = Annotated[str, AfterValidator(_html_template)]
 EnvName = Annotated[str, Field(pattern=ENV_RE)]
 
 
@@ -161,7 +154,7 @@ class Fields(Strict):
     when: Template | None = None
     subject: Template | None = None
     text: Template | None = None
-    html: HtmlTemplate | None = None
+    html: Template | None = None
 
 
 class Definition(Fields):
@@ -219,20 +212,24 @@ class Config:
 
 @dataclass(frozen=True)
 class Compiled:
-    """One set of fields as compiled templates: the definition's, or an `events:` entry over it."""
+    """One set of fields: the definition's, or an `events:` entry over it. Each template is
+    compiled (with the prelude in front) when first used, so start-up stays quick."""
 
-    parts: Mapping[str, jinja2.Template | None]
+    parts: Mapping[str, str | None]
+    prelude: str
     dedup_window: float | None
 
     def render(self, name: str, context: Mapping[str, Any], absent: str = "") -> str:
-        template = self.parts.get(name)
-        return template.render(context) if template is not None else absent
+        source = self.parts.get(name)
+        if source is None:
+            return absent
+        return sandbox.compile_template(self.prelude + source, html=name == "html").render(context)
 
 
 def _compile(fields: Mapping[str, Any], prelude: str) -> Compiled:
-    parts = {name: sandbox.compile_template(prelude + sandbox.keep_line_breaks(value), html=name == "html")
-             if value is not None else None for name, value in fields.items() if name != "dedup_window"}
-    return Compiled(parts=parts, dedup_window=fields.get("dedup_window"))
+    parts = {name: sandbox.keep_line_breaks(value) if value is not None else None
+             for name, value in fields.items() if name != "dedup_window"}
+    return Compiled(parts=parts, prelude=prelude, dedup_window=fields.get("dedup_window"))
 
 
 class DeclarativeSource:
@@ -245,7 +242,7 @@ class DeclarativeSource:
         self.definition = definition
         self.events_variable = f"{route_key(name)}_EVENTS"
         top = definition.model_dump(include=set(Fields.model_fields))
-        self._event = sandbox.compile_template(definition.prelude + definition.event)
+        self._event = _compile({"event": definition.event}, definition.prelude)
         self._top = _compile(top, definition.prelude)
         self._overrides = [(glob, _compile({**top, **entry.model_dump(exclude_none=True)}, definition.prelude))
                            for glob, entry in definition.events.items()]
@@ -273,9 +270,9 @@ class DeclarativeSource:
         payload = decode(headers, body)
         context: dict[str, Any] = {"payload": payload, "headers": sandbox.Headers(headers), "route": route or "",
                                    "selected_events": config.selected_events}
-        event = self._one_line("event", lambda: self._event.render(context))[:EVENT_CHARS]
+        event = self._one_line("event", lambda: self._event.render("event", context))[:EVENT_CHARS]
         context["event"] = event
-        fields, dedicated = self.fields_for(event)
+        fields, _ = self.fields_for(event)
         dedup = self._one_line("dedup", lambda: fields.render("dedup", context))
         thread = self._one_line("thread", lambda: fields.render("thread", context))
         # A `when` that is absent, or fails, mails: an event is never lost to a template bug.
@@ -293,12 +290,13 @@ class DeclarativeSource:
 
     # -- the steps
 
-    def fields_for(self, event: str) -> tuple[Compiled, bool]:
-        """The first `events:` entry whose glob matches the event name, else the top level."""
+    def fields_for(self, event: str) -> tuple[Compiled, str | None]:
+        """The first `events:` entry whose glob matches the event name (and that glob), else
+        the top level (and None)."""
         for glob, compiled in self._overrides:
             if matches_any(event, [glob]):
-                return compiled, True
-        return self._top, False
+                return compiled, glob
+        return self._top, None
 
     def mail(self, fields: Compiled, context: Mapping[str, Any], payload: Any) -> dict[str, Any]:
         """subject, text and html; any template failure gives the generic mail instead."""

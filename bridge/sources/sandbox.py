@@ -8,6 +8,7 @@ in, readably, so the event is still mailed.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Iterator, Mapping
@@ -99,12 +100,19 @@ def keep_line_breaks(source: str) -> str:
     return "\n".join(out)
 
 
-def compile_template(source: str, html: bool = False) -> jinja2.Template:
-    """Compile one template; a syntax error becomes a ValueError naming the line."""
+def check_syntax(source: str) -> None:
+    """Parse one template (cheaper than compiling it); a syntax error becomes a ValueError
+    naming the line."""
     try:
-        return (HTML if html else TEXT).from_string(source)
+        TEXT.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"template error on line {exc.lineno}: {exc.message}") from None
+
+
+@functools.lru_cache(maxsize=2048)
+def compile_template(source: str, html: bool = False) -> jinja2.Template:
+    """Compile one template, once: the `events:` entries of a definition share most of theirs."""
+    return (HTML if html else TEXT).from_string(source)
 
 
 def truthy(rendered: str) -> bool:
