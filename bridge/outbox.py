@@ -194,6 +194,14 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
 
+def _set_synchronous(connection, level: str) -> None:
+    """SQLite's fsync setting for the next transaction on this pooled connection, issued only
+    when it changes (intake and the sender's bookkeeping alternate; most requests don't)."""
+    if connection.info.get("synchronous") != level:
+        connection.dbapi_connection.execute(f"PRAGMA synchronous={level}")
+        connection.info["synchronous"] = level
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sa.engine.make_url(url).database
     if path and path != ":memory:":
@@ -207,6 +215,7 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA synchronous=FULL")
+        _record.info["synchronous"] = "FULL"
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
     @sa.event.listens_for(engine, "begin")
@@ -256,8 +265,7 @@ class Outbox:
         more send of a mail. Intake is always durable: a 202 is a promise."""
         with self._write_lock, self.engine.connect() as conn:
             if not self.is_postgres:  # a per-connection setting, and only outside a transaction
-                conn.connection.dbapi_connection.execute(
-                    f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                _set_synchronous(conn.connection, "FULL" if durable else "NORMAL")
             with conn.begin():
                 if self.is_postgres and not durable:
                     conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
