@@ -78,13 +78,20 @@ attempts = sa.Table(
 )
 
 
-# Built once: intake runs these per request, and building a statement costs more than running it.
+# Built once: intake and the sender run these per mail, and building a statement costs more
+# than running it.
 _FIND_KEY = (sa.select(outbox.c.id)
              .where(outbox.c.fingerprint == sa.bindparam("key"), outbox.c.created_at > sa.bindparam("since"))
              .order_by(outbox.c.id.desc()).limit(1))
 _COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
                     .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
 _INSERT = outbox.insert().returning(outbox.c.id)
+_MARK_SENT = (outbox.update()
+              .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.claim == sa.bindparam("token"))
+              .values(status=SENT, sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
+                      attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
+                      last_error=None, hint=None))
+_LOG_ATTEMPT = attempts.insert()
 
 
 @dataclass(frozen=True)
@@ -342,11 +349,7 @@ class Outbox:
         only the message it had in hand."""
         now = time.time()
         with self._writing(durable=False) as conn:
-            done = conn.execute(
-                outbox.update().where(outbox.c.id == row_id, outbox.c.claim == token)
-                .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
-                        claim=None, claimed_until=None, last_error=None, hint=None)
-            ).rowcount
+            done = conn.execute(_MARK_SENT, {"row_id": row_id, "token": token, "now": now}).rowcount
             self._log_attempt(conn, row_id, now, SENT, detail, seconds)
         return bool(done)
 
@@ -394,8 +397,8 @@ class Outbox:
 
     @staticmethod
     def _log_attempt(conn, row_id: int, at: float, outcome: str, detail: str, seconds: float) -> None:
-        conn.execute(attempts.insert().values(outbox_id=row_id, at=at, outcome=outcome,
-                                              detail=detail[:2000], seconds=seconds))
+        conn.execute(_LOG_ATTEMPT, {"outbox_id": row_id, "at": at, "outcome": outcome,
+                                    "detail": detail[:2000], "seconds": seconds})
 
     # -- operator actions and reads
     def requeue(self, ids: Iterable[int] | None = None, status: str = DEAD) -> int:
