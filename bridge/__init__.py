@@ -11,6 +11,7 @@ from typing import Mapping
 
 from flask import Flask
 
+from bridge.bodies import MemoryBudget
 from bridge.logs import log_line, setup_logging
 from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
@@ -31,6 +32,7 @@ class Services:
     renderer: Renderer
     sender: Sender
     intake_slots: threading.Semaphore
+    body_memory: MemoryBudget
 
     def make_transport(self):
         if self.settings.smtp is None:
@@ -52,7 +54,8 @@ def build_services(settings: Settings) -> Services:
                     max_attempts=settings.max_attempts)
     outbox.create_schema()
     services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
-                        sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight))
+                        sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight),
+                        body_memory=MemoryBudget(settings.intake_max_body_memory))
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                              attach=fetch_attachments)
