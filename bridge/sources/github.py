@@ -50,6 +50,11 @@ def _globs(env: EnvReader, name: str, default: tuple[str, ...] = ()) -> tuple[st
     return globs
 
 
+def redelivery_seconds(config: Config) -> float:
+    """GitHub redelivers (by hand or by API) deliveries of the last 3 days."""
+    return 3 * 86400.0
+
+
 def load_config(env: EnvReader) -> Config:
     secret = env.env.get("GITHUB_WEBHOOK_SECRET", "")
     if not secret:
