@@ -29,13 +29,17 @@ def no_attachments(row: Any) -> list[tuple[str, str, bytes]]:
 class Sender:
     def __init__(self, outbox: Outbox, make_transport: Callable[[], Any], batch_size: int = 20,
                  lease_seconds: float = 60.0, poll_seconds: float = 1.0,
-                 attach: Callable[[Any], list] = no_attachments):
+                 attach: Callable[[Any], list] = no_attachments,
+                 prune: Callable[[], Any] | None = None, prune_every: float = 600.0):
         self.outbox = outbox
         self.make_transport = make_transport
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.attach = attach
+        self.prune, self.prune_every = prune, prune_every
+        self._next_prune = time.monotonic()
+        self._prune_lock = threading.Lock()
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -108,6 +112,7 @@ class Sender:
                     self.stopping.wait(self.poll_seconds)
                 if claimed == self.batch_size:
                     continue  # a full batch: more is probably due
+                self.housekeeping()
                 if claimed:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > IDLE_CLOSE_SECONDS:
@@ -118,6 +123,24 @@ class Sender:
                     self.stopping.wait(BATCH_LINGER_SECONDS)
         finally:
             transport.close()
+
+    def housekeeping(self) -> None:
+        """Retention, on its own: once every `prune_every` seconds per process, by whichever
+        sender thread is between batches (a prune goes in small batches, never a long lock)."""
+        if self.prune is None:
+            return
+        with self._prune_lock:
+            if time.monotonic() < self._next_prune:
+                return
+            self._next_prune = time.monotonic() + self.prune_every
+        try:
+            pruned = self.prune()
+        except Exception as exc:  # tried again next time; sending goes on
+            log_line("prune_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        if pruned.rows or pruned.expired_keys:
+            log_line("pruned", rows=pruned.rows, attempts=pruned.attempts, kept_keys=pruned.kept_keys,
+                     expired_keys=pruned.expired_keys)
 
     def wake(self) -> None:
         self._wake.set()
