@@ -30,13 +30,18 @@ _ATTRIBUTION = re.compile(r"^(?:"
                           r"|\d{4}[-/年]\d{1,2}[-/月]\d{1,2}日?.*[,，].*写道 ?[:：]"
                           r"|.*于 ?\d{4}[-/年]\d{1,2}[-/月]\d{1,2}.*写道 ?[:：]"
                           r")$", re.IGNORECASE)
+# The first line of an attribution a client wrapped: the start of one of the forms above, or a
+# line broken inside "<address>".
+_ATTRIBUTION_START = re.compile(r"^(?:on .*\d|在 ?\d{4}[-/年]|\d{4}[-/年]|.*于 ?\d{4}[-/年]|.*<[^>]*$)",
+                                re.IGNORECASE)
 _HEADER_KEYS = ("from|sent|date|to|cc|subject|发件人|发送时间|日期|时间|收件人|抄送|主题"
                 "|寄件者|寄件日期|收件者|副本|主旨")
 _HEADER = re.compile(rf"^\*?(?:{_HEADER_KEYS}) ?\*? ?[:：]", re.IGNORECASE)
 _FROM = re.compile(r"^\*?(?:from|发件人|寄件者) ?\*? ?[:：]", re.IGNORECASE)
 _SIGNATURE = re.compile(r"^--[ \xa0]?$")
 _MOBILE_FOOTER = re.compile(r"^(?:sent from my [\w .-]{1,30}|sent from (?:mail|outlook) for \w+"
-                            r"|get outlook for \w+|发自我的 ?[\w .-]{1,20}|从我的 ?[\w .-]{1,20}发送"
+                            r"|get outlook for \w+|发自我的 ?(?:[a-z0-9 .-]{1,20}|\w{1,6}手机)"
+                            r"|从我的 ?(?:[a-z0-9 .-]{1,20}|\w{1,6}手机) ?发送"
                             r"|发自网易邮箱(?:大师|手机版)?|发自(?:QQ|qq)邮箱(?:手机版)?"
                             r"|sent from (?:qq mail|netease mail master))(?: ?<https?://\S+>)?$",
                             re.IGNORECASE)
@@ -53,7 +58,7 @@ def _attribution_end(lines: list[str], i: int) -> int | None:
     joined = ""
     for j in range(i, min(i + _WRAP, len(lines))):
         part = _norm(lines[j])
-        if not part or (j > i and _quoted(part)):
+        if not part or (j > i and (_quoted(part) or not _ATTRIBUTION_START.match(joined))):
             return None
         joined = f"{joined} {part}".strip()
         if len(joined) > _LONGEST:

@@ -25,6 +25,7 @@ from typing import Collection, Iterator
 
 from bridge.mail.htmltext import html_to_text
 from bridge.mail.quotes import new_text
+from bridge.render import one_line
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ _CHARSET_ALIASES = {name: "gb18030" for name in (
 _CHARSET_ALIASES.update({name: "big5hkscs" for name in (
     "big5", "big-5", "x-big5", "cn-big5", "csbig5", "big5-hkscs", "big5hkscs", "cp950")})
 
+_CJK_CODECS = frozenset(_CHARSET_ALIASES.values())
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ANGLE_ID = re.compile(r"<[^<>\s]+>")
 _AUTO_SUBJECT = re.compile(
@@ -73,8 +75,12 @@ def _codec(charset: str | None) -> str | None:
 
 
 def decode_bytes(data: bytes, charset: str | None = None) -> str:
-    """Bytes in the declared charset if they decode, else UTF-8, else GB18030, else lossy."""
-    for name in dict.fromkeys(filter(None, (_codec(charset), "utf-8", "gb18030"))):
+    """Bytes in the declared charset if they decode, else UTF-8, else GB18030, else lossy.
+    Text labelled GB or Big5 that is valid UTF-8 is UTF-8: GBK text almost never is, and
+    mobile clients do mislabel UTF-8 so."""
+    declared = _codec(charset)
+    order = ("utf-8", declared) if declared in _CJK_CODECS else (declared, "utf-8")
+    for name in dict.fromkeys(filter(None, (*order, "gb18030"))):
         try:
             return data.decode(name)
         except (UnicodeError, LookupError, ValueError):
@@ -82,28 +88,32 @@ def decode_bytes(data: bytes, charset: str | None = None) -> str:
     return data.decode(_codec(charset) or "utf-8", errors="replace")
 
 
-def _decode_word(encoding: str, payload: str) -> bytes:
-    if encoding.lower() == "b":
-        try:
-            return base64.b64decode(payload + "=" * (-len(payload) % 4))
-        except (binascii.Error, ValueError):
-            return payload.encode("ascii", "replace")
-    return quopri.decodestring(payload.replace("_", " ").encode("ascii", "replace"), header=True)
+def _decode_word(encoding: str, payload: str) -> bytes | None:
+    if encoding.lower() == "q":
+        return quopri.decodestring(payload.replace("_", " ").encode("ascii", "replace"), header=True)
+    try:
+        return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def decode_header(value: str) -> str:
     """RFC 2047 encoded words and raw 8-bit bytes → text. Adjacent words of one charset are
-    joined before decoding: clients split a multi-byte character across two words."""
+    joined before decoding: clients split a multi-byte character across two words. A word
+    that does not decode stays as it is."""
     pieces: list[tuple[str | None, bytes | str]] = []   # (charset, bytes) or (None, text)
     pos = 0
     for match in _ENCODED_WORD.finditer(value):
         gap = value[pos:match.start()]
-        if gap.strip() or not pieces:
+        if gap.strip() or not pieces or pieces[-1][0] is None:
             pieces.append((None, gap))   # whitespace between two encoded words is dropped
         charset, data = match.group(1).lower(), _decode_word(match.group(2), match.group(3))
-        if pieces and pieces[-1][0] == charset:
-            data = pieces.pop()[1] + data
-        pieces.append((charset, data))
+        if data is None:
+            pieces.append((None, match.group(0)))
+        elif pieces[-1][0] == charset:
+            pieces[-1] = (charset, pieces[-1][1] + data)
+        else:
+            pieces.append((charset, data))
         pos = match.end()
     pieces.append((None, value[pos:]))
     return "".join(_raw_text(data) if charset is None else decode_bytes(data, charset)
@@ -123,10 +133,6 @@ def _header(msg: Message, name: str) -> str:
     return ""
 
 
-def _one_line(value: str) -> str:
-    return re.sub(r"\s*[\r\n]+\s*", " ", value).strip()
-
-
 def _sender(msg: Message) -> str:
     addresses = [addr for _, addr in getaddresses([_raw_text(_header(msg, "From"))]) if addr]
     return addresses[0].strip().lower() if addresses else ""
@@ -136,21 +142,22 @@ def references(msg: Message) -> tuple[str, ...]:
     """In-Reply-To first, then References newest→oldest, each once, with angle brackets."""
     in_reply_to = _header(msg, "In-Reply-To")
     found = _ANGLE_ID.findall(in_reply_to)
-    if not found and "@" in in_reply_to and len(in_reply_to.split()) == 1:
-        found = [f"<{in_reply_to.strip()}>"]   # a client that drops the brackets
+    bare = in_reply_to.split()[:1]
+    if not found and bare and "@" in bare[0] and not set("<>") & set(bare[0]):
+        found = [f"<{bare[0]}>"]   # a client that drops the brackets
     found += reversed(_ANGLE_ID.findall(_header(msg, "References")))
     return tuple(dict.fromkeys(found))
 
 
 def automatic(msg: Message, subject: str, sender: str) -> str | None:
     """Why this mail was written by a machine (an auto-reply, a bounce), or None."""
-    auto_submitted = _one_line(_header(msg, "Auto-Submitted"))
+    auto_submitted = one_line(_header(msg, "Auto-Submitted"))
     if auto_submitted and auto_submitted.split(";")[0].strip().lower() != "no":
         return f"automatic mail (Auto-Submitted: {auto_submitted})"
     for name in ("X-Autoreply", "X-Autorespond"):
         if _header(msg, name):
-            return f"automatic mail ({name}: {_one_line(_header(msg, name))})"
-    precedence = _one_line(_header(msg, "Precedence")).lower()
+            return f"automatic mail ({name}: {one_line(_header(msg, name))})"
+    precedence = one_line(_header(msg, "Precedence")).lower()
     if precedence in _LOUD_PRECEDENCE:
         return f"automatic mail (Precedence: {precedence})"
     if msg.get_content_type() == "multipart/report" or any(
@@ -225,9 +232,9 @@ def _own(sender: str, own_addresses: Collection[str]) -> bool:
 def read_reply(raw: bytes, own_addresses: Collection[str] = ()) -> Reply | Ignored:
     """Read one mail as a reply to the bridge; `own_addresses` are the bridge's From/Reply-To."""
     msg = email.message_from_bytes(raw)
-    message_id = _one_line(_raw_text(_header(msg, "Message-ID")))
+    message_id = one_line(_raw_text(_header(msg, "Message-ID")))
     sender = _sender(msg)
-    subject = _one_line(decode_header(_header(msg, "Subject")))
+    subject = one_line(decode_header(_header(msg, "Subject")))
     why = automatic(msg, subject, sender)
     if why is None and _own(sender, own_addresses):
         why = f"mail from the bridge's own address ({sender})"
