@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bridge.mail.htmltext import html_to_text
 from bridge.mail.quotes import new_text
-from bridge.mail.reply import Ignored, Reply, decode_bytes, decode_header, read_reply
+from bridge.mail.reply import MAX_HTML, MAX_TEXT, Ignored, Reply, decode_bytes, decode_header, read_reply
 
 SAMPLES = Path(__file__).parent / "reply_samples"
 OWN = ("bridge <bridge@example.com>",)
@@ -32,6 +32,11 @@ REPLIES = [
     ("qq_html_only_english_ui.eml", "ops@qq.com", "Re: " + ALERT, "silence 2h deploying"),
     ("qq_gb2312_declared_really_gbk.eml", "ops@qq.com", "回复：" + ALERT, "收到，喆哥在处理，预计十分钟恢复"),
     ("qq_mobile_iphone.eml", "ops@qq.com", "回复：" + ALERT, "重启了，看下还报不报"),
+    ("qq_html_only_signature_gb18030.eml", "ops@qq.com", "回复：微信 小王：服务器又挂了", "已经通知值班同学"),
+    # Foxmail's default signature is the sender's address with no "-- " above it: it stays
+    ("foxmail_gb18030.eml", "ops@example.cn", "Re: " + ALERT, "unsilence\n\nops@example.cn"),
+    # Aliyun / Alimail: a bare rule, then full-width colons
+    ("aliyun_gbk_fullwidth.eml", "ops@example.cn", "回复：" + ALERT, "已回滚到上一个版本。"),
     # 163 / 126
     ("163_gbk_base64.eml", "liwei_ops@163.com", "Re:微信 小王：服务器又挂了", "好的，已经重启了"),
     ("126_halfwidth_mail_master.eml", "liwei@126.com", "回复：" + ALERT, "silence 1h 正在发版"),
@@ -221,6 +226,11 @@ STRIPPED = [
     ("apple en", "ok\n\nOn 1 Dec 2026, at 19:52, bridge <bridge@example.com> wrote:\n\n> x"),
     ("apple zh", "ok\n\n2026年12月1日 19:52，bridge <bridge@example.com> 写道：\n\n> x"),
     ("thunderbird", "ok\n\nOn 12/1/26 7:52 PM, bridge wrote:\n> x"),
+    ("gmail narrow no-break space", "ok\n\nOn Tue, Dec 1, 2026 at 7:52\u202fPM bridge <b@example.com> wrote:"),
+    ("yahoo", "ok\n\nOn Tuesday, December 1, 2026, 07:52:35 PM GMT+8, bridge <b@example.com> wrote:"),
+    ("outlook for mac", "ok\n\nFrom: bridge <b@example.com>\nDate: Tuesday, 1 December 2026 at 19:52\nTo: ops"),
+    ("aliyun rule and header", "ok\n\n------------------------------------------------------------------\n"
+                               "发件人：bridge <b@example.com>\n发送时间：2026年12月1日(星期二) 19:52\n收件人：ops"),
     ("signature", "ok\n-- \nWei Zhang\nSRE"),
     ("signature without space", "ok\n--\nWei"),
     ("sent from my iphone", "ok\n\nSent from my iPhone"),
@@ -229,6 +239,10 @@ STRIPPED = [
     ("发自我的 iPad", "ok\n\n发自我的 iPad"),
     ("从我的 iPhone 发送", "ok\n\n从我的 iPhone 发送"),
     ("网易邮箱大师", "ok\n\n发自网易邮箱大师"),
+    ("网易邮箱手机智能版", "ok\n\n发自我的网易邮箱手机智能版"),
+    ("华为手机", "ok\n\n发自我的华为手机"),
+    ("QQ邮箱", "ok\n\n发自我的QQ邮箱"),
+    ("yahoo footer", "ok\n\nSent from Yahoo Mail for iPhone"),
     ("outlook ios", "ok\n\nGet Outlook for iOS<https://aka.ms/o0ukef>"),
     ("outlook android", "ok\n\nGet Outlook for Android"),
 ]
@@ -250,6 +264,8 @@ KEPT = [
     "Sent from my iPhone? No, from the laptop, the deploy is blocked",
     "It said Sent from my iPhone",
     "发自我的iPhone的消息都很短",
+    "发自我的手机的消息都很短",
+    "-----",
     "-- no, wait",
     "a -- b",
     "______ underlined ______",
@@ -341,6 +357,17 @@ def test_subject_is_one_line():
     assert read_reply(raw).subject == "回复： [FIRING:1] Disk"
 
 
+def test_a_huge_reply_is_read_only_so_far():
+    head = edited(sample(BASE), Content_Type="text/plain").partition(b"\r\n\r\n")[0]
+    for body in (b"On 1 " * 30_000, b"> x\r\nok\r\n" * 15_000):
+        reply = read_reply(head + b"\r\n\r\n" + body)
+        assert 0 < len(reply.text) <= MAX_TEXT
+    html = edited(sample(BASE), Content_Type="text/html").partition(b"\r\n\r\n")[0]
+    # past MAX_HTML, and stray end tags that once cost a scan of every open tag each
+    reply = read_reply(html + b"\r\n\r\n" + b"<div>x" * 60_000 + b"</span>" * 20_000)
+    assert 0 < len(reply.text) <= MAX_HTML // len("<div>x") * len("x\n")
+
+
 def test_plain_text_is_preferred_and_attachments_are_not_text():
     body = (b"--b\r\nContent-Type: text/plain; name=log.txt\r\nContent-Disposition: attachment\r\n\r\n"
             b"not this\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n"
@@ -380,3 +407,21 @@ def test_new_text_only_removes_lines(lines):
     kept = new_text("\n".join(lines))
     assert set(kept.split("\n")) <= {line.strip() for line in lines} | {
         line.rstrip() for line in lines} | {""}
+
+
+HEADER_VALUES = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60) | st.sampled_from([
+    "text/html; charset=rot13", "text/plain; charset*=''", "multipart/mixed; boundary=\"\"",
+    "multipart/report", "text/plain; format=flowed; delsp=yes", "text/plain; charset=\"utf-16\"",
+    "base64", "quoted-printable", "x-uuencode", "=?utf-8?B?====?=", "=?gb2312?Q?=ZZ?=", "<>", "<@>"])
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["From", "Subject", "Content_Type", "Content_Transfer_Encoding",
+                                        "In_Reply_To", "References", "Auto_Submitted", "Precedence",
+                                        "Message_ID"]), HEADER_VALUES, max_size=5),
+       st.sampled_from(ALL_SAMPLES))
+def test_odd_header_values_never_raise(headers, path):
+    headers = {key: value.replace("\r", " ").replace("\n", " ") for key, value in headers.items()}
+    result = read_reply(edited(path.read_bytes(), **headers), OWN)
+    assert isinstance(result, (Reply, Ignored)) and "\n" not in (result.subject if isinstance(
+        result, Reply) else result.reason)

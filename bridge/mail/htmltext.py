@@ -10,6 +10,7 @@ the document, stray end tags are ignored.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from html.parser import HTMLParser
 
 # Subtrees that are never the replier's own text.
@@ -34,6 +35,7 @@ class _TextExtractor(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self.stack: list[str] = []
+        self.open = Counter()   # tags on the stack, so a stray end tag costs no stack scan
         self.skip_at: int | None = None   # stack depth of the subtree being dropped
         self.pre = 0
         self.stopped = False
@@ -55,6 +57,7 @@ class _TextExtractor(HTMLParser):
         if tag in _VOID:
             return
         self.stack.append(tag)
+        self.open[tag] += 1
         if self.skip_at is None and self._skipped(tag, attr):
             self.skip_at = len(self.stack)
         if tag == "pre":
@@ -67,10 +70,11 @@ class _TextExtractor(HTMLParser):
                 or attr.get("id", "").lower() in _SKIP_IDS)
 
     def handle_endtag(self, tag):
-        if self.stopped or tag not in self.stack:
+        if self.stopped or not self.open[tag]:
             return
         while self.stack:
             top = self.stack.pop()
+            self.open[top] -= 1
             if top == "pre":
                 self.pre = max(0, self.pre - 1)
             if self.skip_at is not None and len(self.stack) < self.skip_at:

@@ -38,12 +38,14 @@ _HEADER_KEYS = ("from|sent|date|to|cc|subject|发件人|发送时间|日期|时�
                 "|寄件者|寄件日期|收件者|副本|主旨")
 _HEADER = re.compile(rf"^\*?(?:{_HEADER_KEYS}) ?\*? ?[:：]", re.IGNORECASE)
 _FROM = re.compile(r"^\*?(?:from|发件人|寄件者) ?\*? ?[:：]", re.IGNORECASE)
+_RULE = re.compile(r"^[-_=*]{5,}$")
 _SIGNATURE = re.compile(r"^--[ \xa0]?$")
-_MOBILE_FOOTER = re.compile(r"^(?:sent from my [\w .-]{1,30}|sent from (?:mail|outlook) for \w+"
-                            r"|get outlook for \w+|发自我的 ?(?:[a-z0-9 .-]{1,20}|\w{1,6}手机)"
-                            r"|从我的 ?(?:[a-z0-9 .-]{1,20}|\w{1,6}手机) ?发送"
-                            r"|发自网易邮箱(?:大师|手机版)?|发自(?:QQ|qq)邮箱(?:手机版)?"
-                            r"|sent from (?:qq mail|netease mail master))(?: ?<https?://\S+>)?$",
+# A footer line is all there is on its line: "发自我的iPhone的消息" is text, not a footer.
+_DEVICE = r"(?:[a-z0-9 .-]{1,20}|[\w ]{0,8}(?:手机|平板|邮箱)(?:智能版|手机版|大师|客户端)?)"
+_MOBILE_FOOTER = re.compile(rf"^(?:sent from my [a-z0-9 .-]{{1,30}}"
+                            r"|sent from (?:mail|outlook|yahoo mail) (?:for|on) \w+"
+                            r"|sent from (?:qq mail|netease mail master)|get outlook for \w+"
+                            rf"|发自(?:我的)? ?{_DEVICE}|从我的 ?{_DEVICE} ?发送)(?: ?<https?://\S+>)?$",
                             re.IGNORECASE)
 _WRAP = 3   # how many lines an attribution line may be wrapped over
 _LONGEST = 400   # longer "lines" are text, not a header (and the regexes stay linear)
@@ -111,6 +113,8 @@ def new_text(text: str) -> str:
     if start is None:
         return _tidy(_until_signature(lines))
     first, after, attribution = start
+    while first and _RULE.match(_norm(lines[first - 1])):
+        first -= 1   # a bare rule above a header block belongs to the quote
     above = _tidy(_until_signature(lines[:first]))
     if above or not attribution:
         return above

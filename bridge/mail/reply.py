@@ -58,7 +58,11 @@ _AUTO_SUBJECT = re.compile(
     r"|auto[- ]?response|out of (?:the )?office|undeliverable|undelivered mail"
     r"|delivery status notification|mail delivery failed|系统退信|退信)", re.IGNORECASE)
 _BOUNCE_SENDERS = re.compile(r"^(?:mailer-daemon|postmaster)@", re.IGNORECASE)
-_LOUD_PRECEDENCE = frozenset({"bulk", "junk", "list"})
+_LOUD_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
+# A person's reply is short (a GitHub comment holds 65,536 characters, a WeChat text 2,048
+# bytes); reading no further keeps a huge or hostile mail from stalling the reader.
+MAX_HTML = 300_000
+MAX_TEXT = 100_000
 
 
 def _codec(charset: str | None) -> str | None:
@@ -157,7 +161,7 @@ def automatic(msg: Message, subject: str, sender: str) -> str | None:
     for name in ("X-Autoreply", "X-Autorespond"):
         if _header(msg, name):
             return f"automatic mail ({name}: {one_line(_header(msg, name))})"
-    precedence = one_line(_header(msg, "Precedence")).lower()
+    precedence = (one_line(_header(msg, "Precedence")).lower().split() or [""])[0]
     if precedence in _LOUD_PRECEDENCE:
         return f"automatic mail (Precedence: {precedence})"
     if msg.get_content_type() == "multipart/report" or any(
@@ -186,7 +190,7 @@ def _part_text(part: Message) -> str:
         return ""
     text = decode_bytes(payload, part.get_content_charset())
     if part.get_content_type() == "text/html":
-        return html_to_text(text)
+        return html_to_text(text[:MAX_HTML])
     if str(part.get_param("format", "")).lower() == "flowed":
         return _unflow(text, str(part.get_param("delsp", "")).lower() == "yes")
     return text
@@ -225,6 +229,8 @@ def body_text(msg: Message) -> str:
 
 
 def _own(sender: str, own_addresses: Collection[str]) -> bool:
+    if isinstance(own_addresses, str):
+        own_addresses = [own_addresses]   # one address, not a collection of characters
     own = {addr.strip().lower() for _, addr in getaddresses(list(own_addresses)) if addr}
     return sender in own
 
@@ -243,4 +249,4 @@ def read_reply(raw: bytes, own_addresses: Collection[str] = ()) -> Reply | Ignor
         why = "not a reply (no In-Reply-To or References to match)"
     if why is not None:
         return Ignored(why, message_id, sender)
-    return Reply(message_id, sender, subject, new_text(body_text(msg)), refs)
+    return Reply(message_id, sender, subject, new_text(body_text(msg)[:MAX_TEXT]), refs)
