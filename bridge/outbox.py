@@ -78,13 +78,20 @@ attempts = sa.Table(
 )
 
 
-# Built once: intake runs these per request, and building a statement costs more than running it.
+# Built once: intake and the sender run these per mail, and building a statement costs more
+# than running it.
 _FIND_KEY = (sa.select(outbox.c.id)
              .where(outbox.c.fingerprint == sa.bindparam("key"), outbox.c.created_at > sa.bindparam("since"))
              .order_by(outbox.c.id.desc()).limit(1))
 _COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
                     .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
 _INSERT = outbox.insert().returning(outbox.c.id)
+_MARK_SENT = (outbox.update()
+              .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.claim == sa.bindparam("token"))
+              .values(status=SENT, sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
+                      attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
+                      last_error=None, hint=None))
+_LOG_ATTEMPT = attempts.insert()
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,14 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
 
+def _set_synchronous(connection, level: str) -> None:
+    """SQLite's fsync setting for the next transaction on this pooled connection, issued only
+    when it changes (intake and the sender's bookkeeping alternate; most requests don't)."""
+    if connection.info.get("synchronous") != level:
+        connection.dbapi_connection.execute(f"PRAGMA synchronous={level}")
+        connection.info["synchronous"] = level
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sa.engine.make_url(url).database
     if path and path != ":memory:":
@@ -207,6 +222,7 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA synchronous=FULL")
+        _record.info["synchronous"] = "FULL"
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
     @sa.event.listens_for(engine, "begin")
@@ -256,8 +272,7 @@ class Outbox:
         more send of a mail. Intake is always durable: a 202 is a promise."""
         with self._write_lock, self.engine.connect() as conn:
             if not self.is_postgres:  # a per-connection setting, and only outside a transaction
-                conn.connection.dbapi_connection.execute(
-                    f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                _set_synchronous(conn.connection, "FULL" if durable else "NORMAL")
             with conn.begin():
                 if self.is_postgres and not durable:
                     conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
@@ -334,11 +349,7 @@ class Outbox:
         only the message it had in hand."""
         now = time.time()
         with self._writing(durable=False) as conn:
-            done = conn.execute(
-                outbox.update().where(outbox.c.id == row_id, outbox.c.claim == token)
-                .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
-                        claim=None, claimed_until=None, last_error=None, hint=None)
-            ).rowcount
+            done = conn.execute(_MARK_SENT, {"row_id": row_id, "token": token, "now": now}).rowcount
             self._log_attempt(conn, row_id, now, SENT, detail, seconds)
         return bool(done)
 
@@ -386,8 +397,8 @@ class Outbox:
 
     @staticmethod
     def _log_attempt(conn, row_id: int, at: float, outcome: str, detail: str, seconds: float) -> None:
-        conn.execute(attempts.insert().values(outbox_id=row_id, at=at, outcome=outcome,
-                                              detail=detail[:2000], seconds=seconds))
+        conn.execute(_LOG_ATTEMPT, {"outbox_id": row_id, "at": at, "outcome": outcome,
+                                    "detail": detail[:2000], "seconds": seconds})
 
     # -- operator actions and reads
     def requeue(self, ids: Iterable[int] | None = None, status: str = DEAD) -> int:
