@@ -239,6 +239,8 @@ def _hmac_source(tmp_path, spec: str):
     ("{header: [X-A, X-B], secret_env: S}", "X-B", lambda b: hex_hmac(SECRET, b)),
     ("{header: X-Sig, signed: \"{{ headers['X-Ts'] }}:{{ body }}\", secret_env: S}", "X-Sig",
      lambda b: hex_hmac(SECRET, b"1700000000:" + b)),
+    ("{header: X-Sig, signed: \"{{ body }}.{{ body | length }}.{{ body }}\", secret_env: S}", "X-Sig",   # whole body
+     lambda b: hex_hmac(SECRET, b + b"." + str(len(b.decode())).encode() + b"." + b)),
 ])
 def test_hmac_variants_accept_the_right_signature_only(tmp_path, spec, header, value):
     src = _hmac_source(tmp_path, spec)

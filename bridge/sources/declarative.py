@@ -8,9 +8,7 @@ load_config, verify, parse), so web.py serves both on one code path.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import logging
 import re
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bridge.bodies import HmacCheck
 from bridge.events import (Event, Rejected, form_payload, header, json_object, matches_any, media_type,
                            presented_secret, same_secret)
 from bridge.logs import log_line
@@ -51,6 +50,19 @@ class Strict(BaseModel):
 
 # --------------------------------------------------------------------------- auth
 
+class HeadersChecked:
+    """The BodyCheck of a credential that is all in the headers: checked before the body."""
+
+    def update(self, chunk: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+BODY_MARK = "\x00the body\x00"   # stands for the body when a `signed` template is split around it
+
+
 class HmacAuth(Strict):
     """An HMAC of the body (or of the `signed` template) in a header, e.g. sha256=<hex>."""
 
@@ -67,27 +79,34 @@ class HmacAuth(Strict):
     def describe(self) -> str:
         return f"{' or '.join(self.names())} (HMAC-{self.algorithm.upper()} with {self.secret_env})"
 
-    def check(self, headers: Mapping[str, str], body: bytes, secret: str) -> None:
+    def body_check(self, headers: Mapping[str, str], secret: str) -> HmacCheck | None:
+        """The check that runs as the body streams in; None when the `signed` template does
+        not hold the body exactly once (then `verify` checks the whole body)."""
+        around = self._around(headers, BODY_MARK)
+        if around.count(BODY_MARK.encode()) != 1:
+            return None
+        before, after = around.split(BODY_MARK.encode())
+        return self._check(headers, secret, before, after)
+
+    def verify(self, headers: Mapping[str, str], body: bytes, secret: str) -> None:
+        check = self._check(headers, secret, self._around(headers, body.decode("utf-8", "surrogateescape")), b"")
+        check.finish()
+
+    def _check(self, headers: Mapping[str, str], secret: str, before: bytes, after: bytes) -> HmacCheck:
         given = next((header(headers, n).strip() for n in self.names() if header(headers, n).strip()), "")
         if not given:
             raise Rejected(401, f"missing {' or '.join(self.names())} ({self.secret_env} is set)")
         if self.prefix and given[:len(self.prefix)].lower() == self.prefix.lower():
-            given = given[len(self.prefix):]
-        digest = hmac.new(secret.encode("utf-8"), self.message(headers, body), self.algorithm).digest()
-        if self.encoding == "hex":
-            expected, given = digest.hex(), given.lower()
-        else:
-            expected = base64.b64encode(digest).decode("ascii")
-        if not same_secret(given, expected):
-            raise Rejected(401, f"signature in {' or '.join(self.names())} does not match the body "
-                                f"(check {self.secret_env})")
+            given = self.prefix + given[len(self.prefix):]   # the prefix in any case, as for hex digits
+        return HmacCheck(secret, given, self.algorithm, self.prefix, self.encoding, before, after,
+                         mismatch=f"signature in {' or '.join(self.names())} does not match the body "
+                                  f"(check {self.secret_env})")
 
-    def message(self, headers: Mapping[str, str], body: bytes) -> bytes:
-        """What is signed: the body, or the `signed` template over the headers and the body."""
+    def _around(self, headers: Mapping[str, str], body: str) -> bytes:
+        """What is signed, with `body` for the body: the body alone, or the `signed` template."""
         if self.signed is None:
-            return body
-        text = body.decode("utf-8", "surrogateescape")
-        rendered = sandbox.compile_template(self.signed).render(headers=sandbox.Headers(headers), body=text)
+            return body.encode("utf-8", "surrogateescape")
+        rendered = sandbox.compile_template(self.signed).render(headers=sandbox.Headers(headers), body=body)
         return rendered.encode("utf-8", "surrogateescape")
 
 
@@ -100,9 +119,10 @@ class TokenAuth(Strict):
     def describe(self) -> str:
         return f"{self.header} = {self.secret_env}"
 
-    def check(self, headers: Mapping[str, str], body: bytes, secret: str) -> None:
+    def body_check(self, headers: Mapping[str, str], secret: str) -> HeadersChecked:
         if not same_secret(header(headers, self.header).strip(), secret):
             raise Rejected(401, f"missing or wrong {self.header} (check {self.secret_env})")
+        return HeadersChecked()
 
 
 class BearerAuth(Strict):
@@ -113,10 +133,11 @@ class BearerAuth(Strict):
     def describe(self) -> str:
         return f"Authorization: Bearer {self.secret_env} (or it as basic-auth password)"
 
-    def check(self, headers: Mapping[str, str], body: bytes, secret: str) -> None:
+    def body_check(self, headers: Mapping[str, str], secret: str) -> HeadersChecked:
         if not same_secret(presented_secret(headers), secret):
             raise Rejected(401, f"missing or wrong credentials: send {self.secret_env} as bearer "
                                 f"token or basic-auth password")
+        return HeadersChecked()
 
 
 class Auth(Strict):
@@ -260,10 +281,28 @@ class DeclarativeSource:
                      note=f"{scheme.secret_env} is not set: /hooks/{self.NAME} accepts unsigned deliveries")
         return Config(secret=secret, selected_events=env.list(self.events_variable))
 
-    def verify(self, headers: Mapping[str, str], body: bytes, config: Config) -> None:
+    def body_check(self, headers: Mapping[str, str], config: Config):
+        """The credential check as the body streams in (bridge/bodies.py): header credentials
+        are checked at once, an HMAC over the bytes as they come. None: nothing to check, or a
+        `signed` template that `verify` checks on the whole body."""
         scheme = self.definition.auth.scheme
-        if scheme and config.secret:
-            scheme.check(headers, body, config.secret)
+        if scheme is None or not config.secret:
+            return None
+        return scheme.body_check(headers, config.secret)
+
+    def verify(self, headers: Mapping[str, str], body: bytes, config: Config) -> None:
+        check = self.body_check(headers, config)
+        if check is not None:
+            check.update(body)
+            check.finish()
+        elif config.secret and isinstance(self.definition.auth.scheme, HmacAuth):
+            self.definition.auth.scheme.verify(headers, body, config.secret)
+
+    def redelivery_seconds(self, config: Config) -> float:
+        """A repeat within the dedup window, or within 3 days (a sender's "resend"), is a
+        duplicate even after retention pruned its row."""
+        window = self.definition.dedup_window
+        return window if window is not None else 3 * 86400.0
 
     def parse(self, headers: Mapping[str, str], body: bytes, config: Config,
               route: str | None = None) -> list[Event]:
