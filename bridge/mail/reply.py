@@ -54,7 +54,7 @@ _CJK_CODECS = frozenset(_CHARSET_ALIASES.values())
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ANGLE_ID = re.compile(r"<[^<>\s]+>")
 _AUTO_SUBJECT = re.compile(
-    r"^(?:[\[【(（] ?)?(?:自动回复|自動回覆|自动答复|automatic reply|auto[- ]?reply|autoreply"
+    r"^(?:[\[【(（] ?)?(?:自动回复|自動回覆|自动答复|automatic reply|auto[- ]?reply|autoreply|auto ?:"
     r"|auto[- ]?response|out of (?:the )?office|undeliverable|undelivered mail"
     r"|delivery status notification|mail delivery failed|系统退信|退信)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
