@@ -3,6 +3,7 @@ them (tests/reply_samples/*.eml): the new text only, the ignore rules each on it
 Chinese clients use, and never an exception on arbitrary bytes."""
 from __future__ import annotations
 
+import email
 import re
 from pathlib import Path
 
@@ -101,6 +102,22 @@ def test_reply_samples(name, sender, subject, text):
     assert reply.references == (SENT, ROOT)   # In-Reply-To, then References newest first
     own_id = re.search(rb"^Message-ID: (.*?)\r$", raw, re.MULTILINE).group(1).decode()
     assert reply.message_id == own_id
+
+
+def without_plain_part(raw: bytes) -> bytes:
+    msg = email.message_from_bytes(raw)
+    msg.set_payload([part for part in msg.get_payload() if part.get_content_type() != "text/plain"])
+    return msg.as_bytes()
+
+
+ALTERNATIVES = [row for row in REPLIES if b"text/plain" in sample(row[0]) and b"text/html" in sample(row[0])]
+
+
+@pytest.mark.parametrize("name, sender, subject, text", ALTERNATIVES, ids=[row[0] for row in ALTERNATIVES])
+def test_the_html_alternative_says_the_same(name, sender, subject, text):
+    """Each client's own HTML part, read alone, gives the text its plain part gives."""
+    raw = without_plain_part(sample(name))
+    assert b"text/plain" not in raw and read_reply(raw, OWN).text == text
 
 
 @pytest.mark.parametrize("name, reason", IGNORED, ids=[row[0] for row in IGNORED])
