@@ -21,7 +21,7 @@ import re
 
 _SPACE = re.compile(r"(?:&nbsp;|[\s\u3000\xa0])+")
 
-_SEPARATOR = re.compile(r"^(?:-{2,} ?(?:原始邮件|original(?: message)?|回复的原邮件) ?-{2,}"
+_SEPARATOR = re.compile(r"^(?:-{2,} ?(?:原始邮件|邮件原件|original(?: message)?|回复的原邮件) ?-{2,}"
                         r"|_{20,})$", re.IGNORECASE)
 # An attribution line: a date (a digit somewhere), a name, and "wrote:" / "写道：" at its end.
 _ATTRIBUTION = re.compile(r"^(?:"
