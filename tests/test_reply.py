@@ -215,6 +215,12 @@ def test_lookalikes_are_replies(headers):
     assert isinstance(read_reply(edited(sample(BASE), **headers), OWN), Reply)
 
 
+def test_message_id_forms():
+    for header, found in [("<a@x> (added by relay)", "<a@x>"), ("\r\n <a@x>", "<a@x>"), ("a@x", "a@x"),
+                          (None, "")]:
+        assert read_reply(edited(sample(BASE), Message_ID=header)).message_id == found
+
+
 def test_references_order_and_forms():
     raw = edited(sample(BASE), In_Reply_To="b@x (message from bridge)",
                  References="<a@x>\r\n <b@x> <c@x>  <a@x>")

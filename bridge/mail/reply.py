@@ -144,6 +144,12 @@ def _sender(msg: Message) -> str:
     return addresses[0].strip().lower() if addresses else ""
 
 
+def _message_id(value: str) -> str:
+    """The <id> in a Message-ID header (a comment after it is not part of it), else the value."""
+    found = _ANGLE_ID.search(value)
+    return found.group(0) if found else one_line(value)
+
+
 def references(msg: Message) -> tuple[str, ...]:
     """In-Reply-To first, then References newest→oldest, each once, with angle brackets."""
     in_reply_to = _header(msg, "In-Reply-To")
@@ -251,7 +257,7 @@ def read_reply(raw: bytes, own_addresses: Collection[str] = ()) -> Reply | Ignor
         msg = email.message_from_bytes(raw)
     except RecursionError:   # the stdlib parser recurses once per nested multipart
         return Ignored("unreadable mail (MIME parts nested too deeply)")
-    message_id = _printable(one_line(_header(msg, "Message-ID")))
+    message_id = _printable(_message_id(_header(msg, "Message-ID")))
     sender = _printable(_sender(msg))
     subject = _printable(one_line(decode_header(_header(msg, "Subject"))))
     why = automatic(msg, subject, sender)
