@@ -63,6 +63,10 @@ _LOUD_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
 # A person's reply is short (a GitHub comment holds 65,536 characters, a WeChat text 2,048
 # bytes); reading no further keeps a huge or hostile mail from stalling the reader.
 MAX_HTML = 300_000
+# The stdlib parser recurses per nested multipart or message part, and slows down with the
+# square of the depth (RecursionError at about 1,000); a reply has a handful.
+MAX_CONTAINERS = 100
+_CONTAINER = re.compile(rb"content-type:\s*(?:multipart|message)/", re.IGNORECASE)
 MAX_TEXT = 100_000
 
 
@@ -253,10 +257,9 @@ def _own(sender: str, own_addresses: Collection[str]) -> bool:
 
 def read_reply(raw: bytes, own_addresses: Collection[str] = ()) -> Reply | Ignored:
     """Read one mail as a reply to the bridge; `own_addresses` are the bridge's From/Reply-To."""
-    try:
-        msg = email.message_from_bytes(raw)
-    except RecursionError:   # the stdlib parser recurses once per nested multipart
-        return Ignored("unreadable mail (MIME parts nested too deeply)")
+    if len(_CONTAINER.findall(raw)) > MAX_CONTAINERS:
+        return Ignored(f"unreadable mail (more than {MAX_CONTAINERS} nested MIME parts)")
+    msg = email.message_from_bytes(raw)
     message_id = _printable(_message_id(_header(msg, "Message-ID")))
     sender = _printable(_sender(msg))
     subject = _printable(one_line(decode_header(_header(msg, "Subject"))))
