@@ -258,7 +258,7 @@ def _own(sender: str, own_addresses: Collection[str]) -> bool:
 def read_reply(raw: bytes, own_addresses: Collection[str] = ()) -> Reply | Ignored:
     """Read one mail as a reply to the bridge; `own_addresses` are the bridge's From/Reply-To."""
     if len(_CONTAINER.findall(raw)) > MAX_CONTAINERS:
-        return Ignored(f"unreadable mail (more than {MAX_CONTAINERS} nested MIME parts)")
+        return Ignored(f"unreadable mail (more than {MAX_CONTAINERS} multipart or message parts)")
     msg = email.message_from_bytes(raw)
     message_id = _printable(_message_id(_header(msg, "Message-ID")))
     sender = _printable(_sender(msg))
