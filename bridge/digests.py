@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import logging
 import re
 import time
 from collections import Counter
@@ -138,18 +137,17 @@ class Digester:
         return made
 
     def combine(self, mail_to: str) -> int:
-        rows = self.outbox.waiting_rows(mail_to)
-        made = 0
+        made = self.outbox.combine(mail_to, self.digests)
+        for digest_id, events in made:
+            log_line("digest", outbox_id=digest_id, events=events, mail_to=mail_to)
+        return len(made)
+
+    def digests(self, rows) -> list[tuple[list[int], NewMail]]:
+        """Waiting rows → [(carried ids, the digest mail)], rendered from the digest templates."""
+        out = []
         for group in plan(rows, self.settings.digest_max):
-            context = digest_context(group, self.settings.timezone)
             event = Event(source=group.rows[0].source, kind="digest", dedup_key="", template="digest/digest",
-                          context=context)
+                          context=digest_context(group, self.settings.timezone))
             mail = digest_mail(group, self.renderer.render(event), mail_domain(group.rows[0].mail_from))
-            digest_id = self.outbox.store_digest([r.id for r in group.rows], mail)
-            if digest_id is None:
-                log_line("digest_skipped", logging.INFO, reason="a sender took one of its rows meanwhile")
-                continue
-            made += 1
-            log_line("digest", outbox_id=digest_id, events=len(group.rows), source=mail.source,
-                     thread=bool(group.thread), mail_to=mail_to)
-        return made
+            out.append(([r.id for r in group.rows], mail))
+        return out
