@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -121,12 +122,19 @@ class Digester:
     def __init__(self, outbox, pacer, renderer, settings):
         self.outbox, self.pacer, self.renderer, self.settings = outbox, pacer, renderer, settings
         self._looked = 0.0
+        self._lock = threading.Lock()
 
     def maybe_combine(self) -> int:
-        """Build the digests the queue calls for now; returns how many were stored."""
-        if self.settings.digest_max < 2 or time.monotonic() - self._looked < CHECK_EVERY:
-            return 0
-        self._looked = time.monotonic()
+        """Build the digests the queue calls for now; returns how many were stored. A sender
+        thread asks before it claims; the others wait meanwhile, so none of them claims alone
+        a row the digest is about to carry."""
+        with self._lock:
+            if self.settings.digest_max < 2 or time.monotonic() - self._looked < CHECK_EVERY:
+                return 0
+            self._looked = time.monotonic()
+            return self._combine_all()
+
+    def _combine_all(self) -> int:
         capacity = self.pacer.capacity(self.settings.digest_after)
         if capacity is None:
             return 0

@@ -1,13 +1,14 @@
 """Storms against provider limits, on a real SMTP server that limits the account
 (tests/limited_smtpd.py): the bridge learns the limit from the answers, pauses, paces, digests,
 and delivers every event without a dead row."""
-import email.policy
 import re
+import threading
 
 import pytest
 
-from bridge.outbox import DEAD, DIGESTED, SENT, WAITING
+from bridge.outbox import DEAD, DIGESTED, SENDING, SENT, WAITING
 from tests.limited_smtpd import LimitedServer
+from tests.procs import start_worker
 from tests.util import wait_until
 
 FAST = {"SMTP_COOLDOWN": "3,6,12", "DIGEST_AFTER": "3", "SENDER_POLL_SECONDS": "0.05", "MAIL_TO": "ops@example.com"}
@@ -123,3 +124,48 @@ def test_too_many_connections_lowers_the_connections(make_app, limited):
     assert svc.pacer.ready(2)[1] == 0 and svc.pacer.ready(1)[0] == 0
     svc.sender.work_once(svc.make_transport())
     assert [r.status for r in svc.outbox.recent()] == [SENT, SENT]
+
+
+def test_two_workers_on_postgres_keep_one_budget(tmp_path, pg_url, limited, make_app):
+    server = limited()
+    env = {"DATABASE_URL": pg_url, "MAIL_TO": "ops@example.com", "MAIL_FROM": "bridge@example.com",
+           "SEND_IN_WEB": "false", "SMTP_RATE": "4/s", "DIGEST_MAX": "1", "SMTP_CONNECTIONS": "2",
+           "SENDER_POLL_SECONDS": "0.05", "LOG_LEVEL": "warning", **server.env()}
+    post_storm(make_app(**env).test_client(), 24)
+    workers = [start_worker(tmp_path, f"worker{i}", **env) for i in range(2)]
+    try:
+        assert wait_until(lambda: len(server.messages) == 24, 30, step=0.1), len(server.messages)
+    finally:
+        for worker in workers:
+            worker.kill()
+    times = sorted(server.accepted_at)
+    # 4 a second between them: any 5 mails in a row span a second (less the time on the wire)
+    assert min(b - a for a, b in zip(times, times[4:])) > 0.85, times
+    assert times[-1] - times[0] > 4.5 and server.refused_rate == 0
+
+
+def test_a_digest_survives_a_kill_between_building_and_sending(tmp_path, limited, make_app):
+    server = limited()
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}", "MAIL_TO": "ops@example.com",
+           "MAIL_FROM": "bridge@example.com", "SEND_IN_WEB": "false", "SMTP_RATE": "3/min",
+           "SENDER_LEASE_SECONDS": "2", "SENDER_POLL_SECONDS": "0.05", "SMTP_TIMEOUT": "5", **server.env()}
+    app = make_app(**env)
+    outbox = app.extensions["bridge"].outbox
+    post_storm(app.test_client(), 12)
+    server.hold = threading.Event()                            # the digest's DATA never finishes
+    worker = start_worker(tmp_path, "doomed", **env)
+
+    def digest_on_the_wire():
+        return [r for r in outbox.recent() if r.digest_of and r.status == SENDING]
+    assert wait_until(digest_on_the_wire, 20), outbox.counts()
+    worker.kill()                                              # SIGKILL: built, stored, not sent
+    server.hold.set()
+    server.hold = None
+    assert outbox.counts() == {DIGESTED: 12, SENDING: 1}
+    worker = start_worker(tmp_path, "next", **env)
+    try:
+        assert wait_until(lambda: outbox.counts() == {DIGESTED: 12, SENT: 1}, 20), outbox.counts()
+    finally:
+        worker.kill()
+    (msg,) = server.messages
+    assert markers(msg) == {f"ev{i:04d}" for i in range(12)} and msg["Subject"].startswith("[bridge] 12 events")
