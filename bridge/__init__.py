@@ -11,6 +11,7 @@ from typing import Mapping
 
 from flask import Flask
 
+from bridge.bodies import MemoryBudget
 from bridge.logs import log_line, setup_logging
 from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
@@ -21,7 +22,8 @@ from bridge.pacing import Pacer, Unpaced
 from bridge.render import Renderer
 from bridge.sender import Sender
 from bridge.settings import Settings, SettingsError, load_settings
-from bridge.sources import LOADERS
+from bridge.retention import PRUNE_PAUSE, Retention
+from bridge.sources import LOADERS, SOURCES
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Services:
     renderer: Renderer
     sender: Sender
     intake_slots: threading.Semaphore
+    body_memory: MemoryBudget
+    retention: Retention
     pacer: Pacer | Unpaced
 
     def make_transport(self):
@@ -48,6 +52,13 @@ class Services:
         self.sender.start(threads=smtp.connections if smtp else 1)
 
 
+def _redelivery_windows(settings: Settings) -> dict[str, float]:
+    """Per source, how long after its event a repeat may still come (a dedup key is kept that
+    long after retention deleted its row): each source that can be redelivered says."""
+    return {name: source.redelivery_seconds(settings.sources[name]) for name, source in SOURCES.items()
+            if hasattr(source, "redelivery_seconds") and name in settings.sources}
+
+
 def build_services(settings: Settings) -> Services:
     pool = max(5, (smtp.connections if (smtp := settings.smtp) else 1) + 4)
     outbox = Outbox(make_engine(settings.database_url, pool_size=pool),
@@ -58,11 +69,15 @@ def build_services(settings: Settings) -> Services:
     renderer = Renderer(settings.templates_dir)
     services = Services(settings=settings, outbox=outbox, renderer=renderer,
                         sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight),
+                        body_memory=MemoryBudget(settings.intake_max_body_memory),
+                        retention=Retention(settings.retain_days, settings.retain_dead_days,
+                                            keep_keys=_redelivery_windows(settings)),
                         pacer=pacer)
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                              attach=fetch_attachments, pacer=pacer,
-                             digester=Digester(outbox, pacer, renderer, settings))
+                             digester=Digester(outbox, pacer, renderer, settings),
+                             prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE))
     return services
 
 

@@ -236,7 +236,7 @@ def deliveries():
                            sources=outbox.sources(), statuses=FILTER_STATUSES,
                            counts=counts, timezone=svc.settings.timezone, pause=svc.pacer.state(),
                            waiting=sum(counts.get(s, 0) for s in (QUEUED, RETRYING, SENDING)),
-                           chart=chart(activity))
+                           chart=chart(activity), retention=svc.retention)
 
 
 @bp.get("/deliveries/<int:row_id>")

@@ -34,13 +34,17 @@ def no_attachments(row: Any) -> list[tuple[str, str, bytes]]:
 class Sender:
     def __init__(self, outbox: Outbox, make_transport: Callable[[], Any], batch_size: int = 20,
                  lease_seconds: float = 60.0, poll_seconds: float = 1.0,
-                 attach: Callable[[Any], list] = no_attachments, pacer=None, digester=None):
+                 attach: Callable[[Any], list] = no_attachments, pacer=None, digester=None,
+                 prune: Callable[[], Any] | None = None, prune_every: float = 600.0):
         self.outbox = outbox
         self.make_transport = make_transport
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.attach = attach
+        self.prune, self.prune_every = prune, prune_every
+        self._next_prune = time.monotonic()
+        self._prune_lock = threading.Lock()
         self.pacer = pacer or Unpaced()
         self.digester = digester
         self.stopping = threading.Event()
@@ -137,6 +141,7 @@ class Sender:
                     wait, limit = self.pacer.ready(index)
                     if wait > 0:  # paused, over budget, or a probe is out: the rows wait queued
                         transport.close()
+                        self.housekeeping()  # a day-long pause must not stop retention
                         self.stopping.wait(min(wait, MAX_GATE_WAIT))
                         continue
                     if self.digester is not None:
@@ -150,6 +155,7 @@ class Sender:
                     continue  # the budget's share went out: ask it again
                 if claimed == self.batch_size:
                     continue  # a full batch: more is probably due
+                self.housekeeping()
                 if claimed:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > IDLE_CLOSE_SECONDS:
@@ -160,6 +166,24 @@ class Sender:
                     self.stopping.wait(BATCH_LINGER_SECONDS)
         finally:
             transport.close()
+
+    def housekeeping(self) -> None:
+        """Retention, on its own: once every `prune_every` seconds per process, by whichever
+        sender thread is between batches (a prune goes in small batches, never a long lock)."""
+        if self.prune is None:
+            return
+        with self._prune_lock:
+            if time.monotonic() < self._next_prune:
+                return
+            self._next_prune = time.monotonic() + self.prune_every
+        try:
+            pruned = self.prune()
+        except Exception as exc:  # tried again next time; sending goes on
+            log_line("prune_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        if pruned.rows or pruned.expired_keys:
+            log_line("pruned", rows=pruned.rows, attempts=pruned.attempts, kept_keys=pruned.kept_keys,
+                     expired_keys=pruned.expired_keys)
 
     def wake(self) -> None:
         self._wake.set()

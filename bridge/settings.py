@@ -29,6 +29,9 @@ def route_key(route: str) -> str:
     return "".join(c if c.isascii() and c.isalnum() else "_" for c in route.upper())
 
 
+SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+
+
 class EnvReader:
     """Typed reads of one mapping; each parser names the variable in its error."""
 
@@ -60,6 +63,20 @@ class EnvReader:
             raise SettingsError(f"{name}={raw!r} is not a number") from None
         if value < minimum:
             raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def size(self, name: str, default: int, minimum: int = 0) -> int:
+        """Bytes: a whole number, optionally with KB, MB or GB (powers of 1024)."""
+        raw = self.str(name).upper().replace(" ", "")
+        if not raw:
+            return default
+        unit = next((u for u in ("KB", "MB", "GB", "K", "M", "G", "B") if raw.endswith(u)), "")
+        try:
+            value = int(raw[:len(raw) - len(unit)]) * SIZE_UNITS[unit[:1]]
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a size (bytes, or e.g. 64MB)") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={raw!r} must be at least {minimum} bytes")
         return value
 
     def bool(self, name: str, default: bool) -> bool:
@@ -132,6 +149,9 @@ class Settings:
     send_in_web: bool
     batch_size: int
     intake_max_inflight: int
+    intake_max_body_memory: int          # bytes of request bodies one process holds in memory
+    retain_days: float                   # sent, ignored and digested rows are kept this long
+    retain_dead_days: float              # dead rows are kept this long
     lease_seconds: float
     poll_seconds: float
     max_attempts: int
@@ -283,6 +303,9 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         send_in_web=env.bool("SEND_IN_WEB", True),
         batch_size=env.int("SENDER_BATCH", 20, minimum=1),
         intake_max_inflight=env.int("INTAKE_MAX_INFLIGHT", 8, minimum=1),
+        intake_max_body_memory=env.size("INTAKE_MAX_BODY_MEMORY", 64 * 1024 * 1024, minimum=1024 * 1024),
+        retain_days=env.float("RETAIN_DAYS", 30.0, minimum=0.0),
+        retain_dead_days=env.float("RETAIN_DEAD_DAYS", 90.0, minimum=0.0),
         lease_seconds=env.float("SENDER_LEASE_SECONDS", 60.0, minimum=1.0),
         poll_seconds=env.float("SENDER_POLL_SECONDS", 1.0, minimum=0.01),
         max_attempts=env.int("MAX_ATTEMPTS", 15, minimum=1),
