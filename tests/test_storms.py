@@ -169,3 +169,28 @@ def test_a_digest_survives_a_kill_between_building_and_sending(tmp_path, limited
         worker.kill()
     (msg,) = server.messages
     assert markers(msg) == {f"ev{i:04d}" for i in range(12)} and msg["Subject"].startswith("[bridge] 12 events")
+
+
+def test_a_push_storm_is_digested_into_its_thread(make_app, limited):
+    from tests import github_payloads as gh
+    server = limited()
+    app = make_app(**server.env(), **FAST, SMTP_RATE="2/min", GITHUB_WEBHOOK_SECRET=gh.SECRET)
+    svc = app.extensions["bridge"]
+    client = app.test_client()
+    for n in range(8):
+        assert gh.post(client, "push", gh.push(commits=n + 1)).status_code == 202
+    for number in (7, 8, 9):
+        assert gh.post(client, "issues", gh.issue(number=number, title=f"Widgets wobble #{number}")).status_code == 202
+    pushes = [r for r in svc.outbox.recent() if r.kind == "github:push"]
+    assert svc.sender.digester.maybe_combine() == 2
+    for _ in range(3):
+        svc.sender.work_once(svc.make_transport())
+    by_subject = {m["Subject"]: m for m in server.messages}
+    assert set(by_subject) == {"[bridge] 8 events from github: acme/widgets push ×8",
+                               "[bridge] 3 events from github: acme/widgets issues ×3"}
+    thread = by_subject["[bridge] 8 events from github: acme/widgets push ×8"]
+    assert thread["In-Reply-To"] == pushes[0].in_reply_to and thread["List-Id"].startswith("acme/widgets")
+    text = by_subject["[bridge] 3 events from github: acme/widgets issues ×3"].get_body(("plain",)).get_content()
+    assert [text.index(f"Widgets wobble #{n}") for n in (7, 8, 9)] == sorted(text.index(f"Widgets wobble #{n}")
+                                                                            for n in (7, 8, 9))
+    print("\n" + thread["Subject"] + "\n" + thread.get_body(("plain",)).get_content())
