@@ -58,6 +58,10 @@ def test_storm_learns_the_limit_pauses_and_digests(live_bridge, limited):
     digests = [m for m in server.messages if len(markers(m)) >= 2]
     for msg in digests:
         assert f"[bridge] {len(markers(msg))} events from generic: message ×{len(markers(msg))}" == msg["Subject"]
+    metrics = app.test_client().get("/metrics").text
+    sent_digests = float(re.search(r"^bridge_digests_sent_total (\S+)$", metrics, re.M).group(1))
+    assert sent_digests >= len(digests) and "bridge_digest_events_bucket" in metrics
+    assert re.search(r'^bridge_smtp_tokens_left\{budget="\d+/3s"\} \d', metrics, re.M)
     state = svc.pacer.state()
     learned = int(state.learned.split("/")[0])
     assert state.learned.endswith("/3s") and 10 <= learned < 20      # under what the server allows
