@@ -87,6 +87,8 @@ def test_a_daily_quota_pauses_until_the_next_day_and_says_so(live_bridge, limite
     assert re.search(r"The SMTP server 127.0.0.1 limited this account: <code>550 5.4.5 Daily user sending quota "
                      r"exceeded</code>;\s+paused until \d{4}-\d\d-\d\d 00:00 Asia/Shanghai, 7 mails waiting", page) \
         or re.search(r"paused until 00:00 Asia/Shanghai, 7 mails waiting", page), page
+    assert re.search(r"events in 12</span>.*mails out 5</span>.*digests 0</span>.*provider refusals [12]</span>",
+                     page, re.S)
 
 
 def test_digested_event_resends_alone_and_digest_lists_its_events(make_app, limited):
