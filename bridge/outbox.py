@@ -26,6 +26,8 @@ from typing import Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
+from bridge.cooperative import offload
+
 QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
 STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED)
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
@@ -232,11 +234,13 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
 def _setup_lock(path: str | None):
     """One process at a time sets up a SQLite file (WAL, auto_vacuum, tables): several workers
     starting on a fresh database would otherwise race SQLite's lock and one would die with
-    `database is locked`. flock on the file itself: SQLite's own (fcntl) locks do not see it."""
+    `database is locked`. The lock is a file of its own beside the database: opening and
+    closing the database file itself would drop the POSIX locks SQLite holds on it in this
+    process, which corrupts the database."""
     if not path or path == ":memory:":
         yield
         return
-    with open(path, "ab") as fh:
+    with open(f"{path}-setup.lock", "ab") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -269,6 +273,12 @@ def _sqlite_engine(url: str) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn):
         _begin_immediate(conn.connection.dbapi_connection)
+
+    @sa.event.listens_for(engine, "commit")
+    def _on_commit(conn):
+        # COMMIT here (the DB-API commit() that follows finds nothing left to do): under gevent
+        # its fsync runs in a native thread, so only this caller waits, not the whole process.
+        offload(conn.connection.dbapi_connection.execute, "COMMIT")
 
     return engine
 
