@@ -16,7 +16,9 @@ from bridge.logs import log_line, setup_logging
 from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
 from bridge.mail.smtp import SmtpTransport
+from bridge.digests import Digester
 from bridge.outbox import Outbox, make_engine
+from bridge.pacing import Pacer, Unpaced
 from bridge.render import Renderer
 from bridge.sender import Sender
 from bridge.settings import Settings, SettingsError, load_settings
@@ -35,6 +37,7 @@ class Services:
     intake_slots: threading.Semaphore
     body_memory: MemoryBudget
     retention: Retention
+    pacer: Pacer | Unpaced
 
     def make_transport(self):
         if self.settings.smtp is None:
@@ -62,14 +65,18 @@ def build_services(settings: Settings) -> Services:
                     retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
                     max_attempts=settings.max_attempts)
     outbox.create_schema()
-    services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
+    pacer = Pacer(outbox, settings.smtp, settings.timezone) if settings.smtp else Unpaced()
+    renderer = Renderer(settings.templates_dir)
+    services = Services(settings=settings, outbox=outbox, renderer=renderer,
                         sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight),
                         body_memory=MemoryBudget(settings.intake_max_body_memory),
                         retention=Retention(settings.retain_days, settings.retain_dead_days,
-                                            keep_keys=_redelivery_windows(settings)))
+                                            keep_keys=_redelivery_windows(settings)),
+                        pacer=pacer)
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
-                             attach=fetch_attachments,
+                             attach=fetch_attachments, pacer=pacer,
+                             digester=Digester(outbox, pacer, renderer, settings),
                              prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE))
     return services
 

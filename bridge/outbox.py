@@ -29,7 +29,10 @@ from sqlalchemy.engine import Engine, Row
 from bridge.cooperative import offload
 
 QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
-STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED)
+DIGESTED = "digested"    # carried by a digest row (`digest_id`), which mails it with others
+STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED, DIGESTED)
+WAITING = (QUEUED, RETRYING)
+LIMITED = "limited"      # an attempt's outcome: the provider refused for its limits, not the mail
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
 # Rows retention deletes after RETAIN_DAYS ("digested": an event mailed inside a digest).
 DONE = (SENT, IGNORED, "digested")
@@ -73,6 +76,8 @@ outbox = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("sent_at", sa.Float),
+    sa.Column("digest_id", BigId, index=True),   # a carried event: the digest row that mails it
+    sa.Column("digest_of", sa.Text),              # a digest: JSON list of the rows it carries
     sa.Index("ix_outbox_due", "status", "next_attempt_at"),
 )
 
@@ -110,13 +115,20 @@ class Pruned:
                       self.kept_keys + other.kept_keys, self.expired_keys + other.expired_keys)
 
 
-# Built once: intake runs these per request, and building a statement costs more than running it.
+# Built once: intake and the sender run these per mail, and building a statement costs more
+# than running it.
 _FIND_KEY = (sa.select(outbox.c.id)
              .where(outbox.c.fingerprint == sa.bindparam("key"), outbox.c.created_at > sa.bindparam("since"))
              .order_by(outbox.c.id.desc()).limit(1))
 _COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
                     .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
 _INSERT = outbox.insert().returning(outbox.c.id)
+_MARK_SENT = (outbox.update()
+              .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.claim == sa.bindparam("token"))
+              .values(status=SENT, sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
+                      attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
+                      last_error=None, hint=None))
+_LOG_ATTEMPT = attempts.insert()
 _FIND_KEPT = (sa.select(kept_keys.c.outbox_id)
               .where(kept_keys.c.fingerprint == sa.bindparam("key"), kept_keys.c.created_at > sa.bindparam("since"),
                      kept_keys.c.until > sa.bindparam("now"))
@@ -155,12 +167,18 @@ class Stored:
 @dataclass(frozen=True)
 class Failure:
     """Why one send failed. `permanent`: never retry. `counts`: counts toward MAX_ATTEMPTS;
-    a login failure does not, so a fixed password delivers what waited."""
+    a login failure does not, so a fixed password delivers what waited. `limit`: the account
+    is over a provider's limit; the sender pauses it and the row waits."""
 
     detail: str
     permanent: bool = False
     counts: bool = True
     hint: str | None = None
+    limit: str | None = None     # the provider's limit on the account (bridge.mail.limits), not the mail's fault
+
+
+class _Abandon(Exception):
+    """Raised inside a transaction to roll it back."""
 
 
 class GroupCommitter:
@@ -230,6 +248,14 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
 
+def _set_synchronous(connection, level: str) -> None:
+    """SQLite's fsync setting for the next transaction on this pooled connection, issued only
+    when it changes (intake and the sender's bookkeeping alternate; most requests don't)."""
+    if connection.info.get("synchronous") != level:
+        connection.dbapi_connection.execute(f"PRAGMA synchronous={level}")
+        connection.info["synchronous"] = level
+
+
 @contextlib.contextmanager
 def _setup_lock(path: str | None):
     """One process at a time sets up a SQLite file (WAL, auto_vacuum, tables): several workers
@@ -267,6 +293,7 @@ def _sqlite_engine(url: str) -> Engine:
                 dbapi_conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA synchronous=FULL")
+        _record.info["synchronous"] = "FULL"
         # The -wal file shrinks back to this after a checkpoint instead of keeping its peak.
         dbapi_conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
@@ -323,8 +350,7 @@ class Outbox:
         more send of a mail. Intake is always durable: a 202 is a promise."""
         with self._write_lock, self.engine.connect() as conn:
             if not self.is_postgres:  # a per-connection setting, and only outside a transaction
-                conn.connection.dbapi_connection.execute(
-                    f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                _set_synchronous(conn.connection, "FULL" if durable else "NORMAL")
             with conn.begin():
                 if self.is_postgres and not durable:
                     conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
@@ -417,23 +443,34 @@ class Outbox:
         only the message it had in hand."""
         now = time.time()
         with self._writing(durable=False) as conn:
-            done = conn.execute(
-                outbox.update().where(outbox.c.id == row_id, outbox.c.claim == token)
-                .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
-                        claim=None, claimed_until=None, last_error=None, hint=None)
-            ).rowcount
+            done = conn.execute(_MARK_SENT, {"row_id": row_id, "token": token, "now": now}).rowcount
             self._log_attempt(conn, row_id, now, SENT, detail, seconds)
         return bool(done)
 
-    def release(self, token: str, delay: float = 0.0) -> int:
-        """Give back the rows a claim did not get to: due again after `delay` seconds."""
+    def release(self, token: str, delay: float | None = 0.0) -> int:
+        """Give back the rows a claim did not get to: due again after `delay` seconds, or with
+        `delay=None` as due as before (a budget held them back: they keep their turn)."""
         now = time.time()
+        due = {} if delay is None else {"next_attempt_at": now + delay}
         with self._writing(durable=False) as conn:
             return conn.execute(
                 outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
                 .values(status=sa.case((outbox.c.attempts > 0, RETRYING), else_=QUEUED),
-                        claim=None, claimed_until=None, next_attempt_at=now + delay, updated_at=now)
+                        claim=None, claimed_until=None, updated_at=now, **due)
             ).rowcount
+
+    def mark_limited(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
+        """The provider refused for its limits on the account, not for this mail: the row waits
+        its turn again, and the refusal does not count toward MAX_ATTEMPTS."""
+        now = time.time()
+        status = RETRYING if row.attempts else QUEUED
+        with self._writing(durable=False) as conn:
+            conn.execute(
+                outbox.update().where(outbox.c.id == row.id, outbox.c.claim == token)
+                .values(status=status, claim=None, claimed_until=None, last_error=failure.detail,
+                        hint=failure.hint, updated_at=now))
+            self._log_attempt(conn, row.id, now, LIMITED, failure.detail, seconds)
+        return status
 
     def mark_failed(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
         """Record a failed attempt; the row goes back to the queue with backoff, or dies."""
@@ -469,8 +506,8 @@ class Outbox:
 
     @staticmethod
     def _log_attempt(conn, row_id: int, at: float, outcome: str, detail: str, seconds: float) -> None:
-        conn.execute(attempts.insert().values(outbox_id=row_id, at=at, outcome=outcome,
-                                              detail=detail[:2000], seconds=seconds))
+        conn.execute(_LOG_ATTEMPT, {"outbox_id": row_id, "at": at, "outcome": outcome,
+                                    "detail": detail[:2000], "seconds": seconds})
 
     # -- retention
     def prune(self, done_before: float, dead_before: float, keep: Mapping[str, float],
@@ -535,6 +572,51 @@ class Outbox:
                 with self._write_lock:
                     raw.execute("PRAGMA incremental_vacuum(2000)").fetchall()  # one row per page
         return ""
+
+    # -- digests
+    _DIGESTIBLE = sa.and_(outbox.c.status.in_(WAITING), outbox.c.digest_id.is_(None),
+                          outbox.c.digest_of.is_(None), outbox.c.attachments == "[]")
+
+    def waiting_lists(self) -> dict[str, int]:
+        """Recipient list → how many mails wait for it that a digest may carry."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(outbox.c.mail_to, sa.func.count())
+                                .where(self._DIGESTIBLE).group_by(outbox.c.mail_to))
+            return {mail_to: n for mail_to, n in rows}
+
+    def waiting_rows(self, mail_to: str) -> list[Row]:
+        """The mails a digest may carry for one recipient list, in arrival order."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(outbox).where(self._DIGESTIBLE, outbox.c.mail_to == mail_to)
+                                .order_by(outbox.c.id)).all()
+
+    def store_digest(self, carried: list[int], digest: NewMail) -> int | None:
+        """Store a digest and mark what it carries, in one transaction: a crash leaves either
+        the rows waiting alone or one digest row that carries them, never both, never neither.
+        None (and nothing stored) when a sender took one of the rows meanwhile."""
+        now = time.time()
+        try:
+            with self._writing() as conn:
+                stored = self._store_one(conn, digest, now)
+                if stored.status != "accepted":
+                    raise _Abandon
+                conn.execute(outbox.update().where(outbox.c.id == stored.id)
+                             .values(digest_of=json.dumps(carried)))
+                taken = conn.execute(
+                    outbox.update().where(outbox.c.id.in_(carried), self._DIGESTIBLE)
+                    .values(status=DIGESTED, digest_id=stored.id, updated_at=now)).rowcount
+                if taken != len(carried):
+                    raise _Abandon
+        except _Abandon:  # rolled back
+            return None
+        return stored.id
+
+    def carried(self, digest_id: int) -> list[Row]:
+        """The events a digest row carries, in arrival order (bodies left out)."""
+        columns = [c for c in outbox.c if c.name not in BODY_COLUMNS]
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(*columns).where(outbox.c.digest_id == digest_id)
+                                .order_by(outbox.c.id)).all()
 
     # -- operator actions and reads
     def requeue(self, ids: Iterable[int] | None = None, status: str = DEAD) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bridge.mail.limits import Window, parse_budget, provider
+
 SECURITY_CHOICES = ("ssl", "starttls", "none")
 
 
@@ -127,6 +129,13 @@ class SmtpSettings:
     timeout: float
     cert_file: str
     connections: int
+    budget: tuple[Window, ...] = ()                   # SMTP_RATE, or the host's preset
+    cooldowns: tuple[float, ...] = (60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)
+
+    @property
+    def account(self) -> str:
+        """The key pause state and budget share in the database, across processes."""
+        return f"{self.user}@{self.host}:{self.port}".lower()
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,8 @@ class Settings:
     max_attempts: int
     retry_base_seconds: float
     retry_max_seconds: float
+    digest_after: float
+    digest_max: int
     timezone: ZoneInfo
     templates_dir: Path | None
     log_level: str
@@ -205,7 +216,33 @@ def _smtp(env: EnvReader) -> SmtpSettings | None:
     return SmtpSettings(host=host, port=port, security=security, user=user, password=password,
                         timeout=env.float("SMTP_TIMEOUT", 30.0, minimum=0.1),
                         cert_file=cert_file,
-                        connections=env.int("SMTP_CONNECTIONS", 2, minimum=1))
+                        connections=env.int("SMTP_CONNECTIONS", 2, minimum=1),
+                        budget=_budget(env, host), cooldowns=_cooldowns(env))
+
+
+def _budget(env: EnvReader, host: str) -> tuple[Window, ...]:
+    raw = env.str("SMTP_RATE")
+    if raw.lower() in ("none", "off"):
+        return ()
+    if not raw:
+        preset = provider(host)
+        return preset.budget if preset else ()
+    try:
+        return parse_budget(raw)
+    except ValueError as exc:
+        raise SettingsError(f"SMTP_RATE: {exc}") from None
+
+
+def _cooldowns(env: EnvReader) -> tuple[float, ...]:
+    """SMTP_COOLDOWN: the pauses after the 1st, 2nd, ... limit answer in a row, in seconds."""
+    raw = env.list("SMTP_COOLDOWN", ("60", "120", "300", "900", "1800", "3600"))
+    try:
+        steps = tuple(float(step) for step in raw)
+    except ValueError:
+        raise SettingsError(f"SMTP_COOLDOWN={','.join(raw)!r} is not a list of seconds (e.g. 60,120,300)") from None
+    if any(step <= 0 for step in steps):
+        raise SettingsError("SMTP_COOLDOWN: every step must be more than 0 seconds")
+    return steps
 
 
 def _session_key(admin_token: str) -> str:
@@ -274,6 +311,8 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         max_attempts=env.int("MAX_ATTEMPTS", 15, minimum=1),
         retry_base_seconds=env.float("RETRY_BASE_SECONDS", 10.0, minimum=0.0),
         retry_max_seconds=env.float("RETRY_MAX_SECONDS", 1800.0, minimum=0.0),
+        digest_after=env.float("DIGEST_AFTER", 60.0, minimum=0.0),
+        digest_max=env.int("DIGEST_MAX", 50, minimum=1),
         timezone=env.zone("BRIDGE_TIMEZONE"),
         templates_dir=Path(templates_dir) if templates_dir else None,
         log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
