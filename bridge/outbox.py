@@ -34,8 +34,8 @@ STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED, DIGESTED)
 WAITING = (QUEUED, RETRYING)
 LIMITED = "limited"      # an attempt's outcome: the provider refused for its limits, not the mail
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
-# Rows retention deletes after RETAIN_DAYS ("digested": an event mailed inside a digest).
-DONE = (SENT, IGNORED, "digested")
+# Rows retention deletes after RETAIN_DAYS.
+DONE = (SENT, IGNORED, DIGESTED)
 
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 SCHEMA_WAIT = 120.0  # seconds a starting process waits for a database another one holds
