@@ -26,14 +26,16 @@ from typing import Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
+from bridge.cooperative import offload
+
 QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
 DIGESTED = "digested"    # carried by a digest row (`digest_id`), which mails it with others
 STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED, DIGESTED)
 WAITING = (QUEUED, RETRYING)
 LIMITED = "limited"      # an attempt's outcome: the provider refused for its limits, not the mail
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
-# Rows retention deletes after RETAIN_DAYS ("digested": an event mailed inside a digest).
-DONE = (SENT, IGNORED, "digested")
+# Rows retention deletes after RETAIN_DAYS.
+DONE = (SENT, IGNORED, DIGESTED)
 
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 SCHEMA_WAIT = 120.0  # seconds a starting process waits for a database another one holds
@@ -254,11 +256,13 @@ def _set_synchronous(connection, level: str) -> None:
 def _setup_lock(path: str | None):
     """One process at a time sets up a SQLite file (WAL, auto_vacuum, tables): several workers
     starting on a fresh database would otherwise race SQLite's lock and one would die with
-    `database is locked`. flock on the file itself: SQLite's own (fcntl) locks do not see it."""
+    `database is locked`. The lock is a file of its own beside the database: opening and
+    closing the database file itself would drop the POSIX locks SQLite holds on it in this
+    process, which corrupts the database."""
     if not path or path == ":memory:":
         yield
         return
-    with open(path, "ab") as fh:
+    with open(f"{path}-setup.lock", "ab") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -292,6 +296,12 @@ def _sqlite_engine(url: str) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn):
         _begin_immediate(conn.connection.dbapi_connection)
+
+    @sa.event.listens_for(engine, "commit")
+    def _on_commit(conn):
+        # COMMIT here (the DB-API commit() that follows finds nothing left to do): under gevent
+        # its fsync runs in a native thread, so only this caller waits, not the whole process.
+        offload(conn.connection.dbapi_connection.execute, "COMMIT")
 
     return engine
 
