@@ -11,6 +11,9 @@ from typing import Mapping
 
 from flask import Flask
 
+from bridge.actions.runner import ActionRunner
+from bridge.actions.store import ReplyStore
+from bridge.inbox import Inbox
 from bridge.logs import log_line, setup_logging
 from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
@@ -31,6 +34,9 @@ class Services:
     renderer: Renderer
     sender: Sender
     intake_slots: threading.Semaphore
+    replies: ReplyStore | None = None
+    runner: ActionRunner | None = None      # the way back, when IMAP_URL is set
+    inbox: Inbox | None = None
 
     def make_transport(self):
         if self.settings.smtp is None:
@@ -43,6 +49,20 @@ class Services:
     def start_sender(self) -> None:
         smtp = self.settings.smtp
         self.sender.start(threads=smtp.connections if smtp else 1)
+        self.start_replies()
+
+    def start_replies(self) -> None:
+        """The IMAP reader (one at a time across processes) and the action runner."""
+        if self.inbox is not None:
+            self.runner.start()
+            self.inbox.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the background threads: the sender finishes the message in hand."""
+        if self.inbox is not None:
+            self.inbox.stop(timeout=min(timeout, 12.0))
+            self.runner.stop(timeout=5.0)
+        self.sender.stop(timeout=timeout)
 
 
 def build_services(settings: Settings) -> Services:
@@ -56,6 +76,10 @@ def build_services(settings: Settings) -> Services:
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                              attach=fetch_attachments)
+    services.replies = ReplyStore(outbox)
+    if settings.replies is not None:
+        services.runner = ActionRunner(services, poll_seconds=max(settings.poll_seconds, 0.5))
+        services.inbox = Inbox(services, on_stored=services.runner.wake)
     return services
 
 
@@ -63,7 +87,8 @@ def _startup_log(settings: Settings, services: Services) -> None:
     transport = services.make_transport()
     log_line("startup", delivery=transport.describe(), mail_from=settings.mail_from,
              mail_to=",".join(settings.mail_to), database=settings.database_url.split("://")[0],
-             send_in_web=settings.send_in_web)
+             send_in_web=settings.send_in_web,
+             replies=services.inbox.settings.imap.host if services.inbox else "off (IMAP_URL unset)")
     if settings.smtp is None:
         log_line("startup", note=f"no SMTP server configured (SMTP_HOST / SMTP_URL): mail is "
                                  f"written to the Maildir {settings.mail_dir}")
