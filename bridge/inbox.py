@@ -171,10 +171,10 @@ class Inbox:
                 self.read_once(mailbox)
                 next_read = time.monotonic() + poll
             if mailbox.can_idle:
-                if mailbox.wait(IDLE_SLICE):
+                if mailbox.wait(IDLE_SLICE, self.stopping):
                     next_read = 0.0
             else:
-                mailbox.wait(0)
+                mailbox.wait(0, self.stopping)
                 self.stopping.wait(max(0.0, min(IDLE_SLICE, next_read - time.monotonic())))
 
     def start(self) -> None:

@@ -7,11 +7,13 @@ port, LMTP for delivering mail as an MTA would, one passwd-file user with a Mail
 """
 from __future__ import annotations
 
+import imaplib
 import os
 import pwd
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -33,6 +35,8 @@ def find_binary() -> str | None:
 class DovecotServer:
     def __init__(self, binary: str, ca, user: str = USER, password: str = PASSWORD):
         self.binary, self.user, self.password = binary, user, password
+        self.ssl_context = ssl.create_default_context()
+        ca.configure_trust(self.ssl_context)
         # /tmp, not pytest's tmp_path (mode 0700): Dovecot's own users must reach the files.
         self.dir = Path(tempfile.mkdtemp(prefix="dovecot-", dir="/tmp"))
         self.dir.chmod(0o755)
@@ -86,7 +90,11 @@ class DovecotServer:
             for path in [self.dir / "mail", *(self.dir / "mail").rglob("*")]:
                 os.chown(path, uid, gid)
         (self.dir / "dovecot.conf").write_text(self._config(uid, gid))
-        subprocess.run([self.binary, "-c", str(self.dir / "dovecot.conf")], check=True, capture_output=True)
+        # The master forks into the background: its output goes to the log, not to a pipe
+        # that would stay open (and keep run() waiting) as long as the daemon lives.
+        with open(self.dir / "start.log", "wb") as out:
+            subprocess.run([self.binary, "-c", str(self.dir / "dovecot.conf")], check=True,
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not all(_open(p) for p in (self.port, self.plain_port, self.lmtp_port)):
             if time.monotonic() > deadline:
@@ -109,6 +117,15 @@ class DovecotServer:
         with smtplib.LMTP("127.0.0.1", self.lmtp_port, timeout=15) as lmtp:
             refused = lmtp.sendmail(mail_from, [rcpt or self.user], raw)
         assert not refused, refused
+
+    def clear(self) -> None:
+        """Remove every message (a module's tests share one mailbox)."""
+        with imaplib.IMAP4_SSL("127.0.0.1", self.port, ssl_context=self.ssl_context) as imap:
+            imap.login(self.user, self.password)
+            _, count = imap.select("INBOX")
+            if int(count[0]):
+                imap.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
+                imap.expunge()
 
     def logins(self) -> int:
         return self.log().count(f"imap-login: Info: Login: user=<{self.user}>")

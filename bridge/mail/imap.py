@@ -9,6 +9,8 @@ bridge handled (kept per UIDVALIDITY by the caller); the very first time, what i
 from __future__ import annotations
 
 import ssl
+import threading
+import time
 from typing import Iterable
 
 from imapclient import IMAPClient
@@ -77,18 +79,22 @@ class Mailbox:
         if uids:
             self.client.add_flags(uids, [b"\\Seen"], silent=True)
 
-    def wait(self, seconds: float) -> bool:
-        """Wait up to `seconds` for the server to say mail arrived (IDLE), or just wait (NOOP
-        keeps the connection known alive). True when the server said something."""
+    def wait(self, seconds: float, stopping: threading.Event) -> bool:
+        """IDLE up to `seconds` for the server to say something (new mail), in 1 s steps so a
+        stop is quick; without IDLE, a NOOP (the connection is known alive). True when the
+        server said something."""
         if not self.can_idle:
             self.client.noop()
             return False
+        deadline = time.monotonic() + seconds
         self.client.idle()
         try:
-            responses = self.client.idle_check(timeout=seconds)
+            while not stopping.is_set() and time.monotonic() < deadline:
+                if self.client.idle_check(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+                    return True
+            return False
         finally:
             self.client.idle_done()
-        return bool(responses)
 
     def close(self) -> None:
         client, self.client = self.client, None
