@@ -13,16 +13,20 @@ from flask import Flask
 
 from bridge.actions.runner import ActionRunner
 from bridge.actions.store import ReplyStore
+from bridge.bodies import MemoryBudget
 from bridge.inbox import Inbox
 from bridge.logs import log_line, setup_logging
 from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
 from bridge.mail.smtp import SmtpTransport
+from bridge.digests import Digester
 from bridge.outbox import Outbox, make_engine
+from bridge.pacing import Pacer, Unpaced
 from bridge.render import Renderer
 from bridge.sender import Sender
 from bridge.settings import Settings, SettingsError, load_settings
-from bridge.sources import LOADERS
+from bridge.retention import PRUNE_PAUSE, Retention
+from bridge.sources import LOADERS, SOURCES
 
 
 @dataclass
@@ -34,6 +38,9 @@ class Services:
     renderer: Renderer
     sender: Sender
     intake_slots: threading.Semaphore
+    body_memory: MemoryBudget
+    retention: Retention
+    pacer: Pacer | Unpaced
     replies: ReplyStore | None = None
     runner: ActionRunner | None = None      # the way back, when IMAP_URL is set
     inbox: Inbox | None = None
@@ -65,17 +72,32 @@ class Services:
         self.sender.stop(timeout=timeout)
 
 
+def _redelivery_windows(settings: Settings) -> dict[str, float]:
+    """Per source, how long after its event a repeat may still come (a dedup key is kept that
+    long after retention deleted its row): each source that can be redelivered says."""
+    return {name: source.redelivery_seconds(settings.sources[name]) for name, source in SOURCES.items()
+            if hasattr(source, "redelivery_seconds") and name in settings.sources}
+
+
 def build_services(settings: Settings) -> Services:
     pool = max(5, (smtp.connections if (smtp := settings.smtp) else 1) + 4)
     outbox = Outbox(make_engine(settings.database_url, pool_size=pool),
                     retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
                     max_attempts=settings.max_attempts)
     outbox.create_schema()
-    services = Services(settings=settings, outbox=outbox, renderer=Renderer(settings.templates_dir),
-                        sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight))
+    pacer = Pacer(outbox, settings.smtp, settings.timezone) if settings.smtp else Unpaced()
+    renderer = Renderer(settings.templates_dir)
+    services = Services(settings=settings, outbox=outbox, renderer=renderer,
+                        sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight),
+                        body_memory=MemoryBudget(settings.intake_max_body_memory),
+                        retention=Retention(settings.retain_days, settings.retain_dead_days,
+                                            keep_keys=_redelivery_windows(settings)),
+                        pacer=pacer)
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
-                             attach=fetch_attachments)
+                             attach=fetch_attachments, pacer=pacer,
+                             digester=Digester(outbox, pacer, renderer, settings),
+                             prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE))
     services.replies = ReplyStore(outbox)
     if settings.replies is not None:
         services.runner = ActionRunner(services, poll_seconds=max(settings.poll_seconds, 0.5))

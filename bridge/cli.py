@@ -14,6 +14,7 @@ from flask.cli import AppGroup, with_appcontext
 from bridge.intake import store
 from bridge.mail.smtp import classify
 from bridge.outbox import DEAD, SENT
+from bridge.retention import parse_age
 from bridge.events import Event
 
 
@@ -138,6 +139,24 @@ def outbox_retry(ids, all_dead):
         raise click.UsageError("name row ids or pass --all-dead")
     n = _services().outbox.requeue(ids if ids else None, status=DEAD)
     click.echo(f"queued again: {n}")
+
+
+@outbox_group.command("prune")
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="Sent, ignored and digested rows older than this (30d, 12h, 0s); default RETAIN_DAYS.")
+@click.option("--dead-older-than", "dead_older_than", default=None, metavar="AGE",
+              help="Dead rows older than this; default RETAIN_DEAD_DAYS.")
+def outbox_prune(older_than, dead_older_than):
+    """Delete old history now (what the sender does on its own), print what went."""
+    svc = _services()
+    try:
+        ages = [None if age is None else parse_age(age) for age in (older_than, dead_older_than)]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    pruned = svc.retention.prune(svc.outbox, *ages)
+    note = svc.outbox.reclaim(convert=True)
+    click.echo(f"pruned: {pruned.rows} rows, {pruned.attempts} attempts; dedup keys kept for redeliveries: "
+               f"{pruned.kept_keys} (expired: {pruned.expired_keys})" + (f"; {note}" if note else ""))
 
 
 def register(app: Flask) -> None:

@@ -9,6 +9,7 @@ senders run on another machine.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from bridge.outbox import STATUSES  # noqa: E402
@@ -31,8 +32,12 @@ REQUESTS = Counter("bridge_requests", "Webhook requests by source, outcome (acce
                    ["source", "outcome", "code"])
 SENT = Counter("bridge_mails_sent", "Mails handed over to the SMTP server or the Maildir")
 FAILED = Counter("bridge_mails_failed", "Failed send attempts by reason (SMTP reply code or "
-                 "error class) and the row's status afterwards (retrying, dead)",
+                 "error class) and the row's status afterwards (retrying, dead; limited: the "
+                 "provider refused for the account's limits)",
                  ["reason", "status"])
+DIGESTS = Counter("bridge_digests_sent", "Digest mails handed over (each carries several events)")
+DIGEST_EVENTS = Histogram("bridge_digest_events", "Events carried per digest mail sent",
+                          buckets=(2, 5, 10, 20, 50, 100, 200))
 SEND_SECONDS = Histogram("bridge_send_duration_seconds", "Time to hand one mail to the transport",
                          ["outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
@@ -51,9 +56,12 @@ def request(source: str, code: int, status: str | None) -> None:
     REQUESTS.labels(source, outcome or "unknown", str(code)).inc()
 
 
-def mail_sent(seconds: float) -> None:
+def mail_sent(seconds: float, digest_of: str | None = None) -> None:
     SENT.inc()
     SEND_SECONDS.labels("sent").observe(seconds)
+    if digest_of:
+        DIGESTS.inc()
+        DIGEST_EVENTS.observe(len(json.loads(digest_of)))
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -119,6 +127,37 @@ class OutboxCollector:
                                 "has waited; 0 when none", value=oldest)
 
 
+class PacingCollector:
+    """The SMTP account's pause and budget, read from the database per scrape (they are shared
+    by every process, so any process answers alike)."""
+
+    def __init__(self, pacer):
+        self.pacer = pacer
+
+    def collect(self):
+        try:
+            state = self.pacer.state()
+        except (SQLAlchemyError, OSError):
+            return
+        if state is None:  # the Maildir: no account to pace
+            return
+        paused = GaugeMetricFamily("bridge_smtp_paused", "1 while the provider's limit pauses sending, by "
+                                   "the limit (rate, quota) and the provider's answer", labels=["reason", "answer"])
+        paused.add_metric([state.kind or "", (state.answer or "")[:120]], 1 if state.paused else 0)
+        yield paused
+        yield GaugeMetricFamily("bridge_smtp_pause_remaining_seconds", "Seconds until the pause ends (0: not "
+                                "paused)", value=state.remaining)
+        tokens = GaugeMetricFamily("bridge_smtp_tokens_left", "Mails the budget lets go now, per budget "
+                                   "entry (SMTP_RATE, preset, or learned from a refusal)", labels=["budget"])
+        for budget, left in state.tokens_left.items():
+            tokens.add_metric([budget], left)
+        yield tokens
+        yield GaugeMetricFamily("bridge_smtp_connections", "Parallel SMTP connections allowed now",
+                                value=state.connections)
+        yield CounterMetricFamily("bridge_smtp_limit_refusals", "Answers that said the account is over a "
+                                  "provider's limit", value=state.refusals)
+
+
 def _counted() -> CollectorRegistry:
     """This process's counters, or every process's when they share a multiprocess folder."""
     if not os.environ.get(MULTIPROC_ENV):
@@ -133,6 +172,7 @@ def scrape():
     services = current_app.extensions["bridge"]
     outbox = CollectorRegistry()
     outbox.register(OutboxCollector(services.outbox))
+    outbox.register(PacingCollector(services.pacer))
     if services.replies is not None:
         outbox.register(ReplyCollector(services.replies))
     return Response(generate_latest(_counted()) + generate_latest(outbox), content_type=CONTENT_TYPE_LATEST)

@@ -207,7 +207,8 @@ def deliveries():
     outbox = _services().outbox
     return render_template("ops/list.html.j2", rows=rows, more=more, page=page, filters=filters,
                            sources=outbox.sources(), statuses=FILTER_STATUSES,
-                           counts=outbox.counts(), timezone=_services().settings.timezone)
+                           counts=outbox.counts(), timezone=_services().settings.timezone,
+                           retention=_services().retention)
 
 
 @bp.get("/deliveries/<int:row_id>")

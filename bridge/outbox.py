@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import json
 import queue
 import random
@@ -26,8 +27,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
 QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
-STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED)
+DIGESTED = "digested"    # carried by a digest row (`digest_id`), which mails it with others
+STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED, DIGESTED)
+WAITING = (QUEUED, RETRYING)
+LIMITED = "limited"      # an attempt's outcome: the provider refused for its limits, not the mail
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
+# Rows retention deletes after RETAIN_DAYS ("digested": an event mailed inside a digest).
+DONE = (SENT, IGNORED, "digested")
+
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+SCHEMA_WAIT = 120.0  # seconds a starting process waits for a database another one holds
+PRUNE_BATCH = 200    # rows per prune transaction: a short lock, intake goes on in between
 
 BODY_COLUMNS = ("text", "html", "headers", "attachments", "request")
 
@@ -64,6 +74,8 @@ outbox = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("sent_at", sa.Float),
+    sa.Column("digest_id", BigId, index=True),   # a carried event: the digest row that mails it
+    sa.Column("digest_of", sa.Text),              # a digest: JSON list of the rows it carries
     # What answering this mail does (JSON, see bridge/actions): replies look it up by Message-ID.
     sa.Column("reply_target", sa.Text),
     sa.Index("ix_outbox_due", "status", "next_attempt_at"),
@@ -80,14 +92,48 @@ attempts = sa.Table(
     sa.Column("seconds", sa.Float, nullable=False),
 )
 
+# The dedup key of a pruned row, kept while a redelivery of its event may still come (GitHub
+# redelivers deliveries of the last 3 days): a repeat then stays a duplicate.
+kept_keys = sa.Table(
+    "kept_keys", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("fingerprint", sa.String(300), nullable=False, index=True),
+    sa.Column("outbox_id", BigId, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("until", sa.Float, nullable=False, index=True),
+)
 
-# Built once: intake runs these per request, and building a statement costs more than running it.
+
+@dataclass(frozen=True)
+class Pruned:
+    rows: int = 0
+    attempts: int = 0
+    kept_keys: int = 0
+    expired_keys: int = 0
+
+    def __add__(self, other: "Pruned") -> "Pruned":
+        return Pruned(self.rows + other.rows, self.attempts + other.attempts,
+                      self.kept_keys + other.kept_keys, self.expired_keys + other.expired_keys)
+
+
+# Built once: intake and the sender run these per mail, and building a statement costs more
+# than running it.
 _FIND_KEY = (sa.select(outbox.c.id)
              .where(outbox.c.fingerprint == sa.bindparam("key"), outbox.c.created_at > sa.bindparam("since"))
              .order_by(outbox.c.id.desc()).limit(1))
 _COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
                     .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
 _INSERT = outbox.insert().returning(outbox.c.id)
+_MARK_SENT = (outbox.update()
+              .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.claim == sa.bindparam("token"))
+              .values(status=SENT, sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
+                      attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
+                      last_error=None, hint=None))
+_LOG_ATTEMPT = attempts.insert()
+_FIND_KEPT = (sa.select(kept_keys.c.outbox_id)
+              .where(kept_keys.c.fingerprint == sa.bindparam("key"), kept_keys.c.created_at > sa.bindparam("since"),
+                     kept_keys.c.until > sa.bindparam("now"))
+              .limit(1))
 
 
 @dataclass(frozen=True)
@@ -123,12 +169,18 @@ class Stored:
 @dataclass(frozen=True)
 class Failure:
     """Why one send failed. `permanent`: never retry. `counts`: counts toward MAX_ATTEMPTS;
-    a login failure does not, so a fixed password delivers what waited."""
+    a login failure does not, so a fixed password delivers what waited. `limit`: the account
+    is over a provider's limit; the sender pauses it and the row waits."""
 
     detail: str
     permanent: bool = False
     counts: bool = True
     hint: str | None = None
+    limit: str | None = None     # the provider's limit on the account (bridge.mail.limits), not the mail's fault
+
+
+class _Abandon(Exception):
+    """Raised inside a transaction to roll it back."""
 
 
 class GroupCommitter:
@@ -198,6 +250,30 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
 
+def _set_synchronous(connection, level: str) -> None:
+    """SQLite's fsync setting for the next transaction on this pooled connection, issued only
+    when it changes (intake and the sender's bookkeeping alternate; most requests don't)."""
+    if connection.info.get("synchronous") != level:
+        connection.dbapi_connection.execute(f"PRAGMA synchronous={level}")
+        connection.info["synchronous"] = level
+
+
+@contextlib.contextmanager
+def _setup_lock(path: str | None):
+    """One process at a time sets up a SQLite file (WAL, auto_vacuum, tables): several workers
+    starting on a fresh database would otherwise race SQLite's lock and one would die with
+    `database is locked`. flock on the file itself: SQLite's own (fcntl) locks do not see it."""
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(path, "ab") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sa.engine.make_url(url).database
     if path and path != ":memory:":
@@ -209,9 +285,17 @@ def _sqlite_engine(url: str) -> Engine:
         # Let us issue BEGIN ourselves: pysqlite's implicit BEGIN is DEFERRED, and a deferred
         # reader that later writes fails at once with SQLITE_BUSY instead of waiting.
         dbapi_conn.isolation_level = None
-        dbapi_conn.execute("PRAGMA journal_mode=WAL")
-        dbapi_conn.execute("PRAGMA synchronous=FULL")
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
+        if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            with _setup_lock(path):  # once per database file, by the first process to open it
+                # Freed pages go back to the file system (after a prune): only a database
+                # without tables takes it; an older file is converted by `outbox prune`.
+                dbapi_conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=FULL")
+        _record.info["synchronous"] = "FULL"
+        # The -wal file shrinks back to this after a checkpoint instead of keeping its peak.
+        dbapi_conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn):
@@ -262,8 +346,7 @@ class Outbox:
         more send of a mail. Intake is always durable: a 202 is a promise."""
         with self._write_lock, self.engine.connect() as conn:
             if not self.is_postgres:  # a per-connection setting, and only outside a transaction
-                conn.connection.dbapi_connection.execute(
-                    f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                _set_synchronous(conn.connection, "FULL" if durable else "NORMAL")
             with conn.begin():
                 if self.is_postgres and not durable:
                     conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
@@ -271,11 +354,24 @@ class Outbox:
 
     # -- schema
     def create_schema(self) -> None:
-        with self._writing() as conn:
-            if self.is_postgres:  # several web workers start at once; one creates the tables
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
-            metadata.create_all(conn, checkfirst=True)
-            _add_missing_columns(conn)
+        """Create missing tables and columns. Every process does this at start: one at a time
+        (an advisory lock on PostgreSQL, a file lock on SQLite), and a database that is busy
+        (locked by another process) is waited for rather than fatal."""
+        deadline = time.monotonic() + SCHEMA_WAIT
+        path = None if self.is_postgres else self.engine.url.database
+        while True:
+            try:
+                self.ping()  # the first connection switches SQLite to WAL, under the same lock
+                with _setup_lock(path), self._writing() as conn:
+                    if self.is_postgres:  # several web workers start at once; one creates the tables
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+                    metadata.create_all(conn, checkfirst=True)
+                    _add_missing_columns(conn)
+                return
+            except sa.exc.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -302,6 +398,9 @@ class Outbox:
         if existing is not None:
             conn.execute(_COUNT_DUPLICATE, {"row_id": existing, "now": now})
             return Stored(existing, "duplicate")
+        pruned = conn.execute(_FIND_KEPT, {"key": mail.dedup_key, "since": since, "now": now}).scalar()
+        if pruned is not None:  # its row is gone (retention), its key is not
+            return Stored(pruned, "duplicate")
         key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
         row_id = conn.execute(_INSERT, {
             "dedup_key": key, "fingerprint": mail.dedup_key, "source": mail.source, "kind": mail.kind,
@@ -341,23 +440,34 @@ class Outbox:
         only the message it had in hand."""
         now = time.time()
         with self._writing(durable=False) as conn:
-            done = conn.execute(
-                outbox.update().where(outbox.c.id == row_id, outbox.c.claim == token)
-                .values(status=SENT, sent_at=now, updated_at=now, attempts=outbox.c.attempts + 1,
-                        claim=None, claimed_until=None, last_error=None, hint=None)
-            ).rowcount
+            done = conn.execute(_MARK_SENT, {"row_id": row_id, "token": token, "now": now}).rowcount
             self._log_attempt(conn, row_id, now, SENT, detail, seconds)
         return bool(done)
 
-    def release(self, token: str, delay: float = 0.0) -> int:
-        """Give back the rows a claim did not get to: due again after `delay` seconds."""
+    def release(self, token: str, delay: float | None = 0.0) -> int:
+        """Give back the rows a claim did not get to: due again after `delay` seconds, or with
+        `delay=None` as due as before (a budget held them back: they keep their turn)."""
         now = time.time()
+        due = {} if delay is None else {"next_attempt_at": now + delay}
         with self._writing(durable=False) as conn:
             return conn.execute(
                 outbox.update().where(outbox.c.claim == token, outbox.c.status == SENDING)
                 .values(status=sa.case((outbox.c.attempts > 0, RETRYING), else_=QUEUED),
-                        claim=None, claimed_until=None, next_attempt_at=now + delay, updated_at=now)
+                        claim=None, claimed_until=None, updated_at=now, **due)
             ).rowcount
+
+    def mark_limited(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
+        """The provider refused for its limits on the account, not for this mail: the row waits
+        its turn again, and the refusal does not count toward MAX_ATTEMPTS."""
+        now = time.time()
+        status = RETRYING if row.attempts else QUEUED
+        with self._writing(durable=False) as conn:
+            conn.execute(
+                outbox.update().where(outbox.c.id == row.id, outbox.c.claim == token)
+                .values(status=status, claim=None, claimed_until=None, last_error=failure.detail,
+                        hint=failure.hint, updated_at=now))
+            self._log_attempt(conn, row.id, now, LIMITED, failure.detail, seconds)
+        return status
 
     def mark_failed(self, row: Row, token: str, failure: Failure, seconds: float) -> str:
         """Record a failed attempt; the row goes back to the queue with backoff, or dies."""
@@ -393,8 +503,117 @@ class Outbox:
 
     @staticmethod
     def _log_attempt(conn, row_id: int, at: float, outcome: str, detail: str, seconds: float) -> None:
-        conn.execute(attempts.insert().values(outbox_id=row_id, at=at, outcome=outcome,
-                                              detail=detail[:2000], seconds=seconds))
+        conn.execute(_LOG_ATTEMPT, {"outbox_id": row_id, "at": at, "outcome": outcome,
+                                    "detail": detail[:2000], "seconds": seconds})
+
+    # -- retention
+    def prune(self, done_before: float, dead_before: float, keep: Mapping[str, float],
+              batch: int = PRUNE_BATCH, pause: float = 0.0) -> Pruned:
+        """Delete sent, ignored and digested rows created before `done_before` and dead rows
+        created before `dead_before`, with their attempts and stored requests: `batch` rows per
+        short transaction, `pause` seconds between two. `keep[source]`: seconds after its event
+        that a pruned row's dedup key still makes a repeat a duplicate. Then expired kept keys
+        go, and SQLite gives the freed pages back to the file system."""
+        now = time.time()
+        old = sa.or_(sa.and_(outbox.c.status.in_(DONE), outbox.c.created_at < done_before),
+                     sa.and_(outbox.c.status == DEAD, outbox.c.created_at < dead_before))
+        find = (sa.select(outbox.c.id, outbox.c.fingerprint, outbox.c.source, outbox.c.created_at)
+                .where(old).order_by(outbox.c.id).limit(batch))
+        total = Pruned()
+        while True:
+            with self.engine.connect() as conn:  # read outside the write lock; re-checked below
+                rows = conn.execute(find).all()
+            if rows:
+                total += self._prune_rows(rows, old, keep, now)
+            if len(rows) < batch:
+                break
+            time.sleep(pause)
+        with self._writing(durable=False) as conn:
+            expired = conn.execute(kept_keys.delete().where(kept_keys.c.until <= now)).rowcount
+        self.reclaim()
+        return total + Pruned(expired_keys=expired)
+
+    def _prune_rows(self, rows: list[Row], old, keep: Mapping[str, float], now: float) -> Pruned:
+        with self._writing(durable=False) as conn:
+            # A row requeued since it was read is no longer old: the condition is asked again.
+            gone = set(conn.execute(outbox.delete().where(outbox.c.id.in_([r.id for r in rows]), old)
+                                    .returning(outbox.c.id)).scalars())
+            if not gone:
+                return Pruned()
+            n_attempts = conn.execute(attempts.delete().where(attempts.c.outbox_id.in_(gone))).rowcount
+            keys = [{"fingerprint": r.fingerprint, "outbox_id": r.id, "created_at": r.created_at,
+                     "until": r.created_at + keep.get(r.source, 0.0)}
+                    for r in rows if r.id in gone and r.created_at + keep.get(r.source, 0.0) > now]
+            if keys:
+                conn.execute(kept_keys.insert(), keys)
+        return Pruned(len(gone), n_attempts, len(keys))
+
+    def reclaim(self, convert: bool = False) -> str:
+        """SQLite: hand free pages back to the file system, a few thousand per step so no step
+        holds the write lock long. `convert`: a database made before auto_vacuum was set is
+        rebuilt once (VACUUM) so that it can. PostgreSQL reuses freed space by itself."""
+        if self.is_postgres:
+            return ""
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 0:
+                if not convert:
+                    return "auto_vacuum is off (run `flask --app bridge outbox prune` once)"
+                with self._write_lock:
+                    raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                    raw.execute("VACUUM")
+                return "database rebuilt with auto_vacuum=INCREMENTAL"
+            for _ in range(10_000):  # bounded: each step frees up to 2000 pages
+                if not raw.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+                with self._write_lock:
+                    raw.execute("PRAGMA incremental_vacuum(2000)").fetchall()  # one row per page
+        return ""
+
+    # -- digests
+    _DIGESTIBLE = sa.and_(outbox.c.status.in_(WAITING), outbox.c.digest_id.is_(None),
+                          outbox.c.digest_of.is_(None), outbox.c.attachments == "[]")
+
+    def waiting_lists(self) -> dict[str, int]:
+        """Recipient list → how many mails wait for it that a digest may carry."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(outbox.c.mail_to, sa.func.count())
+                                .where(self._DIGESTIBLE).group_by(outbox.c.mail_to))
+            return {mail_to: n for mail_to, n in rows}
+
+    def waiting_rows(self, mail_to: str) -> list[Row]:
+        """The mails a digest may carry for one recipient list, in arrival order."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(outbox).where(self._DIGESTIBLE, outbox.c.mail_to == mail_to)
+                                .order_by(outbox.c.id)).all()
+
+    def store_digest(self, carried: list[int], digest: NewMail) -> int | None:
+        """Store a digest and mark what it carries, in one transaction: a crash leaves either
+        the rows waiting alone or one digest row that carries them, never both, never neither.
+        None (and nothing stored) when a sender took one of the rows meanwhile."""
+        now = time.time()
+        try:
+            with self._writing() as conn:
+                stored = self._store_one(conn, digest, now)
+                if stored.status != "accepted":
+                    raise _Abandon
+                conn.execute(outbox.update().where(outbox.c.id == stored.id)
+                             .values(digest_of=json.dumps(carried)))
+                taken = conn.execute(
+                    outbox.update().where(outbox.c.id.in_(carried), self._DIGESTIBLE)
+                    .values(status=DIGESTED, digest_id=stored.id, updated_at=now)).rowcount
+                if taken != len(carried):
+                    raise _Abandon
+        except _Abandon:  # rolled back
+            return None
+        return stored.id
+
+    def carried(self, digest_id: int) -> list[Row]:
+        """The events a digest row carries, in arrival order (bodies left out)."""
+        columns = [c for c in outbox.c if c.name not in BODY_COLUMNS]
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(*columns).where(outbox.c.digest_id == digest_id)
+                                .order_by(outbox.c.id)).all()
 
     # -- operator actions and reads
     def requeue(self, ids: Iterable[int] | None = None, status: str = DEAD) -> int:

@@ -2,7 +2,12 @@
 
 `<template>.subject.j2`, `.txt.j2` and `.html.j2` under bridge/templates/, or under
 TEMPLATES_DIR, which wins, so a user can override any of them without forking. A family
-without its own files falls back to `<source>/default`.
+without its own files falls back to `<source>/default`. Where `<template>.j2` exists, it is a
+view: its variables and macros are made once per event and handed to the three parts as
+`view`, so the words shared by subject, text and HTML are worked out once, not three times.
+
+Templates are read once per process (no modification-time checks): a changed template takes
+effect on restart, as a changed setting does.
 """
 from __future__ import annotations
 
@@ -47,16 +52,23 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            auto_reload=False,
         )
         self.env.filters["one_line"] = one_line
+        self._picked: dict[tuple[str, str], jinja2.Template | None] = {}
 
-    def _pick(self, template: str, part: str) -> jinja2.Template | None:
-        source = template.split("/", 1)[0]
-        names = [f"{template}.{part}.j2", f"{source}/default.{part}.j2"]
-        try:
-            return self.env.select_template(names)
-        except jinja2.TemplatesNotFound:
-            return None
+    def _pick(self, family: str, part: str) -> jinja2.Template | None:
+        """The template for one part (`view` for `<family>.j2`), looked up once per process."""
+        key = (family, part)
+        if key not in self._picked:
+            source = family.split("/", 1)[0]
+            names = [f"{family}.j2"] if part == "view" else \
+                [f"{family}.{part}.j2", f"{source}/default.{part}.j2"]
+            try:
+                self._picked[key] = self.env.select_template(names)
+            except jinja2.TemplatesNotFound:
+                self._picked[key] = None
+        return self._picked[key]
 
     def render(self, event: Event) -> Rendered:
         """Render with the event's templates; if one fails (a user's override, an odd payload),
@@ -79,6 +91,8 @@ class Renderer:
         templates = {part: self._pick(family, part) for part in ("subject", "txt", "html")}
         if not any(templates.values()):
             raise jinja2.TemplateNotFound(family)
+        if view := self._pick(event.template, "view"):
+            context["view"] = view.make_module(context)
         parts = {part: template.render(context) if template else "" for part, template in templates.items()}
         subject = one_line(parts["subject"]) or event.kind
         html = parts["html"].strip() or None

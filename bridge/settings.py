@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bridge.events import parse_duration
+from bridge.mail.limits import Window, parse_budget, provider
 
 SECURITY_CHOICES = ("ssl", "starttls", "none")
 
@@ -27,6 +28,9 @@ class SettingsError(ValueError):
 def route_key(route: str) -> str:
     """`Team-A` → `TEAM_A`: the suffix of its `MAIL_TO_<ROUTE>` variable."""
     return "".join(c if c.isascii() and c.isalnum() else "_" for c in route.upper())
+
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
 
 
 class EnvReader:
@@ -60,6 +64,20 @@ class EnvReader:
             raise SettingsError(f"{name}={raw!r} is not a number") from None
         if value < minimum:
             raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def size(self, name: str, default: int, minimum: int = 0) -> int:
+        """Bytes: a whole number, optionally with KB, MB or GB (powers of 1024)."""
+        raw = self.str(name).upper().replace(" ", "")
+        if not raw:
+            return default
+        unit = next((u for u in ("KB", "MB", "GB", "K", "M", "G", "B") if raw.endswith(u)), "")
+        try:
+            value = int(raw[:len(raw) - len(unit)]) * SIZE_UNITS[unit[:1]]
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a size (bytes, or e.g. 64MB)") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={raw!r} must be at least {minimum} bytes")
         return value
 
     def bool(self, name: str, default: bool) -> bool:
@@ -112,6 +130,13 @@ class SmtpSettings:
     timeout: float
     cert_file: str
     connections: int
+    budget: tuple[Window, ...] = ()                   # SMTP_RATE, or the host's preset
+    cooldowns: tuple[float, ...] = (60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)
+
+    @property
+    def account(self) -> str:
+        """The key pause state and budget share in the database, across processes."""
+        return f"{self.user}@{self.host}:{self.port}".lower()
 
 
 @dataclass(frozen=True)
@@ -155,11 +180,16 @@ class Settings:
     send_in_web: bool
     batch_size: int
     intake_max_inflight: int
+    intake_max_body_memory: int          # bytes of request bodies one process holds in memory
+    retain_days: float                   # sent, ignored and digested rows are kept this long
+    retain_dead_days: float              # dead rows are kept this long
     lease_seconds: float
     poll_seconds: float
     max_attempts: int
     retry_base_seconds: float
     retry_max_seconds: float
+    digest_after: float
+    digest_max: int
     timezone: ZoneInfo
     templates_dir: Path | None
     log_level: str
@@ -218,7 +248,33 @@ def _smtp(env: EnvReader) -> SmtpSettings | None:
     return SmtpSettings(host=host, port=port, security=security, user=user, password=password,
                         timeout=env.float("SMTP_TIMEOUT", 30.0, minimum=0.1),
                         cert_file=cert_file,
-                        connections=env.int("SMTP_CONNECTIONS", 2, minimum=1))
+                        connections=env.int("SMTP_CONNECTIONS", 2, minimum=1),
+                        budget=_budget(env, host), cooldowns=_cooldowns(env))
+
+
+def _budget(env: EnvReader, host: str) -> tuple[Window, ...]:
+    raw = env.str("SMTP_RATE")
+    if raw.lower() in ("none", "off"):
+        return ()
+    if not raw:
+        preset = provider(host)
+        return preset.budget if preset else ()
+    try:
+        return parse_budget(raw)
+    except ValueError as exc:
+        raise SettingsError(f"SMTP_RATE: {exc}") from None
+
+
+def _cooldowns(env: EnvReader) -> tuple[float, ...]:
+    """SMTP_COOLDOWN: the pauses after the 1st, 2nd, ... limit answer in a row, in seconds."""
+    raw = env.list("SMTP_COOLDOWN", ("60", "120", "300", "900", "1800", "3600"))
+    try:
+        steps = tuple(float(step) for step in raw)
+    except ValueError:
+        raise SettingsError(f"SMTP_COOLDOWN={','.join(raw)!r} is not a list of seconds (e.g. 60,120,300)") from None
+    if any(step <= 0 for step in steps):
+        raise SettingsError("SMTP_COOLDOWN: every step must be more than 0 seconds")
+    return steps
 
 
 IMAP_SCHEMES = {"imaps": "ssl", "imap+ssl": "ssl", "imap+starttls": "starttls", "imap": "none"}
@@ -342,11 +398,16 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         send_in_web=env.bool("SEND_IN_WEB", True),
         batch_size=env.int("SENDER_BATCH", 20, minimum=1),
         intake_max_inflight=env.int("INTAKE_MAX_INFLIGHT", 8, minimum=1),
+        intake_max_body_memory=env.size("INTAKE_MAX_BODY_MEMORY", 64 * 1024 * 1024, minimum=1024 * 1024),
+        retain_days=env.float("RETAIN_DAYS", 30.0, minimum=0.0),
+        retain_dead_days=env.float("RETAIN_DEAD_DAYS", 90.0, minimum=0.0),
         lease_seconds=env.float("SENDER_LEASE_SECONDS", 60.0, minimum=1.0),
         poll_seconds=env.float("SENDER_POLL_SECONDS", 1.0, minimum=0.01),
         max_attempts=env.int("MAX_ATTEMPTS", 15, minimum=1),
         retry_base_seconds=env.float("RETRY_BASE_SECONDS", 10.0, minimum=0.0),
         retry_max_seconds=env.float("RETRY_MAX_SECONDS", 1800.0, minimum=0.0),
+        digest_after=env.float("DIGEST_AFTER", 60.0, minimum=0.0),
+        digest_max=env.int("DIGEST_MAX", 50, minimum=1),
         timezone=env.zone("BRIDGE_TIMEZONE"),
         templates_dir=Path(templates_dir) if templates_dir else None,
         log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),

@@ -1,8 +1,10 @@
 """Blueprint: /hooks/<source>[/<route>], /healthz, /readyz. Typed source errors → 4xx.
 
 The order of checks is the same for every source: size (413, before reading), route (404),
-credentials (401), parse (400/415), then store (202, or 503 when the database is away).
-More than INTAKE_MAX_INFLIGHT requests at once in one process: 429 before any of that.
+credentials (401: missing ones before reading, a signature while the body streams in), parse
+(400/415), then store (202, or 503 when the database is away). More than INTAKE_MAX_INFLIGHT
+received requests being parsed and stored at once in one process, or more than
+INTAKE_MAX_BODY_MEMORY bytes of bodies in memory: 429.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import metrics
+from bridge.bodies import received, too_big
 from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
 from bridge.sources import HOOKS
@@ -30,14 +33,16 @@ def answer(code: int, status: str, **fields):
     return jsonify(body), code
 
 
-def read_body(limit: int) -> bytes:
-    """The request body, refusing anything over `limit` bytes without reading it all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise Rejected(413, f"body is larger than {limit} bytes")
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
-        raise Rejected(413, f"body is larger than {limit} bytes")
-    return body
+def body_check(source, headers, config):
+    """The source's streaming check of the body, or None to verify the whole body after."""
+    make = getattr(source, "body_check", None)
+    return make(headers, config) if make is not None else None
+
+
+def read_body(limit: int):
+    """The request body (a context manager giving bytes): anything over `limit` is refused
+    without reading it all, and its memory is counted against INTAKE_MAX_BODY_MEMORY."""
+    return received(request.stream, request.content_length, limit, None, services().body_memory)
 
 
 @bp.post("/hooks/<name>")
@@ -47,16 +52,7 @@ def hook(name: str, route: str | None = None):
     source = HOOKS.get(name)
     if source is None:
         return answer(404, "error", reason=f"no source named {name!r}")
-    slots = services().intake_slots
-    if not slots.acquire(blocking=False):
-        # Shed load at once rather than queue: a flood must not starve /healthz or time out
-        # the senders that are already being served.
-        result = answer(429, "error", reason="too many requests in flight; retry shortly")
-    else:
-        try:
-            result = _take(source, route)
-        finally:
-            slots.release()
+    result = _take(source, route)
     code, body = result[1], result[0].get_json()
     metrics.request(name, code, body.get("status"))
     log_line("request", source=name, route=route, code=code, outcome=body.get("status"),
@@ -68,15 +64,42 @@ def hook(name: str, route: str | None = None):
 
 
 def _take(source, route: str | None):
+    """Size, route, credentials, then the body as it streams in; only a received, verified body
+    takes an intake slot, so clients that are slow to send hold none."""
     svc = services()
     config = svc.settings.sources[source.NAME]
     headers = dict(request.headers)
     try:
-        body = read_body(source.MAX_BODY)
+        too_big(request.content_length, source.MAX_BODY)
         recipients = svc.settings.recipients(route)
         if recipients is None:
             return answer(404, "error", reason=f"unknown route {route!r}: set MAIL_TO_<ROUTE>")
-        source.verify(headers, body, config)
+        check = body_check(source, headers, config)
+        with received(request.stream, request.content_length, source.MAX_BODY, check, svc.body_memory) as body:
+            if check is None:
+                source.verify(headers, body, config)
+            if not svc.intake_slots.acquire(blocking=False):
+                # Shed load at once rather than queue: a flood must not starve /healthz or time
+                # out the senders that are already being served.
+                return answer(429, "error", reason="too many requests in flight; retry shortly")
+            try:
+                return _parse_and_store(svc, source, headers, body, config, recipients, route)
+            finally:
+                svc.intake_slots.release()
+    except Rejected as exc:
+        return unread_answer(exc)
+
+
+def unread_answer(exc: Rejected):
+    """A refusal that may leave part of the body unread: the connection is closed after it, so
+    the server does not read (or wait for) the rest of that body."""
+    result = answer(exc.status, "error", reason=exc.reason)
+    result[0].headers["Connection"] = "close"
+    return result
+
+
+def _parse_and_store(svc, source, headers, body: bytes, config, recipients, route: str | None):
+    try:
         parsed = source.parse(headers, body, config)
     except Rejected as exc:
         return answer(exc.status, "error", reason=exc.reason)

@@ -69,9 +69,9 @@ def endpoint():
 
 
 def _message(params, config) -> tuple[int, str | bytes, str]:
-    body = read_body(wechat.MAX_BODY)
-    now = time.time()
-    msg = wechat.open_message(params, body, config, now)
+    with read_body(wechat.MAX_BODY) as body:
+        now = time.time()
+        msg = wechat.open_message(params, body, config, now)
     text, outcome = _handle(msg, config, now)
     if text is None:
         return 200, "success", outcome

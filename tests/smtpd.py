@@ -44,7 +44,7 @@ class Handler:
 class _Controller(Controller):
     def __init__(self, server: "SmtpServer", **kwargs):
         self.owner = server
-        super().__init__(Handler(server), hostname="127.0.0.1", port=server.port, **kwargs)
+        super().__init__(server.handler_class(server), hostname="127.0.0.1", port=server.port, **kwargs)
 
     def factory(self):
         srv = self.owner
@@ -66,6 +66,8 @@ class _Controller(Controller):
 
 class SmtpServer:
     """tls: 'implicit' (465-like), 'starttls' (587-like) or 'none'."""
+
+    handler_class = Handler
 
     def __init__(self, ca, tls: str = "implicit", user: str | None = "bot@example.com",
                  password: str = "app-code-123456"):

@@ -113,7 +113,7 @@ def test_connection_failure_does_not_retry_login_per_row(make_app, smtp_server, 
     assert smtp_server.failed_logins == 1
 
 
-@pytest.mark.parametrize("answer", ["421 4.7.0 Try again later", "451 4.3.0 Temporary failure"])
+@pytest.mark.parametrize("answer", ["421 4.3.2 Service not available", "451 4.3.0 Temporary failure"])
 def test_temporary_answers_retry(smtp_app, smtp_server, answer):
     smtp_server.failures = [answer]
     row_id = post(smtp_app.test_client(), "try again")

@@ -130,8 +130,10 @@ def test_database_unreachable_at_intake_is_503_and_nothing_half_stored(make_app,
 
 def test_web_killed_right_after_202_delivers_after_restart(tmp_path, ca, cafile):
     smtp = SmtpServer(ca, tls="implicit")              # not started: nothing can be sent yet
+    # web1 may be killed while it holds the row's claim, or just after its first try failed:
+    # a short lease and retry base keep either wait well inside the test's 15 s.
     env = {**smtp.env(cafile), "DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}", "MAIL_TO": "a@example.com",
-           "MAIL_FROM": "bridge@example.com"}
+           "MAIL_FROM": "bridge@example.com", "SENDER_LEASE_SECONDS": "3", "RETRY_BASE_SECONDS": "2"}
     web = start_web(tmp_path, "web1", **env)
     r = requests.post(web.base + "/hooks/generic", json={"subject": "survivor", "text": "t"}, timeout=5)
     web.signal(signal.SIGKILL)

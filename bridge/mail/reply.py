@@ -1,130 +1,252 @@
-"""A reply mail → the new text and its references, or the reason to ignore it (sans-I/O).
+"""A raw reply mail (bytes) → a Reply, or Ignored with the reason (sans-I/O, no settings).
 
-STAND-IN until the `replyparse` branch lands the full quote stripper with its sample tests;
-same API: `read_reply(raw, own_addresses) -> Reply | Ignored`.
+What is ignored is what must never act: automatic mail (RFC 3834 Auto-Submitted, the
+X-Autoreply / X-Autorespond / Precedence headers vacation responders set, delivery-status
+reports and bounces, auto-reply subjects in Chinese and English), mail from the bridge's own
+addresses (a loop), and mail that references nothing (it cannot be matched to a mail sent).
+Whether the references are the bridge's own, signed ids, and whether the sender may act, is
+for the caller: this module only reads.
+
+Chinese clients declare charsets loosely: "gb2312" mail is often GBK, so the GB family is
+decoded as GB18030 (a superset of both), Big5 as Big5-HKSCS; an undeclared or wrong charset
+falls back to UTF-8, then GB18030, then UTF-8 with replacement characters.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import email
-import email.policy
+import quopri
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import parseaddr
-from html.parser import HTMLParser
-from typing import Collection
+from email.message import Message
+from email.utils import getaddresses
+from typing import Collection, Iterator
+
+from bridge.mail.htmltext import html_to_text
+from bridge.mail.quotes import new_text
+from bridge.render import one_line
 
 
 @dataclass(frozen=True)
 class Reply:
-    message_id: str
-    sender: str
-    subject: str
-    text: str
-    references: tuple[str, ...]
+    message_id: str              # the reply's own Message-ID, with angle brackets, stripped
+    sender: str                  # the From address, lower-cased (no display name)
+    subject: str                 # decoded (RFC 2047), CR/LF folded
+    text: str                    # the new text only ("" when the reply quotes and adds nothing)
+    references: tuple[str, ...]  # In-Reply-To first, then References newest→oldest, deduplicated
 
 
 @dataclass(frozen=True)
 class Ignored:
-    reason: str
+    reason: str                  # one line a person understands
     message_id: str = ""
     sender: str = ""
 
 
-AUTO_SUBJECT = re.compile(r"^\s*(自动回复|automatic reply|auto:|out of office|autoreply)", re.I)
-QUOTE_HEADERS = [
-    re.compile(r"^-{3,}\s*(原始邮件|Original Message)\s*-{3,}", re.I),
-    re.compile(r"^_{10,}\s*$"),
-    re.compile(r"^\s*在.{0,200}写道[:：]\s*$"),
-    re.compile(r"^.{0,200}于.{0,80}写道[:：]\s*$"),
-    re.compile(r"^\s*On .{0,300}wrote:\s*$"),
-    re.compile(r"^\s*(From|发件人)\s*[:：].{0,300}$"),
-]
-ID = re.compile(r"<[^<>\s]+>")
+_CHARSET_ALIASES = {name: "gb18030" for name in (
+    "gb2312", "gb_2312", "gb_2312-80", "gb2312-80", "csgb2312", "euc-cn", "x-euc-cn", "gbk",
+    "x-gbk", "cp936", "ms936", "windows-936", "chinese", "gb18030")}
+_CHARSET_ALIASES.update({name: "big5hkscs" for name in (
+    "big5", "big-5", "x-big5", "cn-big5", "csbig5", "big5-hkscs", "big5hkscs", "cp950")})
+
+_CJK_CODECS = frozenset(_CHARSET_ALIASES.values())
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_ANGLE_ID = re.compile(r"<[^<>\s]+>")
+_AUTO_SUBJECT = re.compile(
+    r"^(?:[\[【(（] ?)?(?:自动回复|自動回覆|自动答复|automatic reply|auto[- ]?reply|autoreply"
+    r"|auto[- ]?response|out of (?:the )?office|undeliverable|undelivered mail"
+    r"|delivery status notification|mail delivery failed|系统退信|退信)", re.IGNORECASE)
+_BOUNCE_SENDERS = re.compile(r"^(?:mailer-daemon|postmaster)@", re.IGNORECASE)
+_LOUD_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
+# A person's reply is short (a GitHub comment holds 65,536 characters, a WeChat text 2,048
+# bytes); reading no further keeps a huge or hostile mail from stalling the reader.
+MAX_HTML = 300_000
+MAX_TEXT = 100_000
 
 
-class _Text(HTMLParser):
-    """HTML → text, without quoted blocks (blockquote, gmail_quote)."""
-
-    BREAKS = {"br", "div", "p", "tr", "li", "h1", "h2", "h3"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.skip = 0
-
-    def handle_starttag(self, tag, attrs):
-        classes = dict(attrs).get("class") or ""
-        if self.skip or tag == "blockquote" or "gmail_quote" in classes or tag in ("style", "script", "head"):
-            self.skip += tag not in ("br", "meta")
-            return
-        if tag in self.BREAKS:
-            self.out.append("\n")
-
-    def handle_endtag(self, tag):
-        if self.skip and tag not in ("br", "meta"):
-            self.skip -= 1
-
-    def handle_data(self, data):
-        if not self.skip:
-            self.out.append(data.replace("\xa0", " "))
-
-
-def html_text(html: str) -> str:
-    parser = _Text()
-    parser.feed(html)
-    return re.sub(r"\n{3,}", "\n\n", "".join(parser.out))
-
-
-def new_text(text: str) -> str:
-    """The lines above the quote header, without a signature or `>` quotes."""
-    kept = []
-    for line in text.replace("\r\n", "\n").split("\n"):
-        if line.rstrip() == "--" or any(rx.match(line) for rx in QUOTE_HEADERS):
-            break
-        if not line.lstrip().startswith(">"):
-            kept.append(line.rstrip())
-    return "\n".join(kept).strip()
-
-
-def _body(msg: EmailMessage) -> str:
-    part = msg.get_body(preferencelist=("plain", "html"))
-    if part is None:
-        return ""
+def _codec(charset: str | None) -> str | None:
+    """A Python codec for a declared charset, or None when there is none we can use."""
+    if not charset:
+        return None
+    name = charset.strip().strip('"\'').split("*")[0].lower()   # RFC 2231 charset*lang
+    name = _CHARSET_ALIASES.get(name, name)
     try:
-        content = part.get_content()
-    except (LookupError, UnicodeError):
-        content = part.get_payload(decode=True).decode("gb18030", "replace")
-    return html_text(content) if part.get_content_subtype() == "html" else content
+        b"".decode(name)   # LookupError for unknown names and for bytes-to-bytes codecs
+    except (LookupError, ValueError):
+        return None
+    return name
 
 
-def _automatic(msg: EmailMessage) -> str | None:
-    auto = str(msg.get("Auto-Submitted", "")).strip().lower()
-    if auto and auto != "no":
-        return f"automatic mail (Auto-Submitted: {auto})"
+def decode_bytes(data: bytes, charset: str | None = None) -> str:
+    """Bytes in the declared charset if they decode, else UTF-8, else GB18030, else lossy.
+    Text labelled GB or Big5 that is valid UTF-8 is UTF-8: GBK text almost never is, and
+    mobile clients do mislabel UTF-8 so."""
+    declared = _codec(charset)
+    order = ("utf-8", declared) if declared in _CJK_CODECS else (declared, "utf-8")
+    for name in dict.fromkeys(filter(None, (*order, "gb18030"))):
+        try:
+            return data.decode(name)
+        except (UnicodeError, LookupError, ValueError):
+            continue
+    return data.decode(_codec(charset) or "utf-8", errors="replace")
+
+
+def _decode_word(encoding: str, payload: str) -> bytes | None:
+    if encoding.lower() == "q":
+        return quopri.decodestring(payload.replace("_", " ").encode("ascii", "replace"), header=True)
+    try:
+        return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def decode_header(value: str) -> str:
+    """RFC 2047 encoded words and raw 8-bit bytes → text. Adjacent words of one charset are
+    joined before decoding: clients split a multi-byte character across two words. A word
+    that does not decode stays as it is."""
+    pieces: list[tuple[str | None, bytes | str]] = []   # (charset, bytes) or (None, text)
+    pos = 0
+    for match in _ENCODED_WORD.finditer(value):
+        gap = value[pos:match.start()]
+        if gap.strip() or not pieces or pieces[-1][0] is None:
+            pieces.append((None, gap))   # whitespace between two encoded words is dropped
+        charset, data = match.group(1).lower(), _decode_word(match.group(2), match.group(3))
+        if data is None:
+            pieces.append((None, match.group(0)))
+        elif pieces[-1][0] == charset:
+            pieces[-1] = (charset, pieces[-1][1] + data)
+        else:
+            pieces.append((charset, data))
+        pos = match.end()
+    pieces.append((None, value[pos:]))
+    return "".join(_raw_text(data) if charset is None else decode_bytes(data, charset)
+                   for charset, data in pieces)
+
+
+def _raw_text(value: str) -> str:
+    """A header value as the parser keeps it (8-bit bytes as surrogates) → text."""
+    return decode_bytes(value.encode("utf-8", "surrogateescape"))
+
+
+def _header(msg: Message, name: str) -> str:
+    """The first `name` header, unparsed (the parser's own decoding would give up on GBK)."""
+    for key, value in msg.raw_items():
+        if key.lower() == name.lower():
+            return str(value)
+    return ""
+
+
+def _sender(msg: Message) -> str:
+    addresses = [addr for _, addr in getaddresses([_raw_text(_header(msg, "From"))]) if addr]
+    return addresses[0].strip().lower() if addresses else ""
+
+
+def references(msg: Message) -> tuple[str, ...]:
+    """In-Reply-To first, then References newest→oldest, each once, with angle brackets."""
+    in_reply_to = _header(msg, "In-Reply-To")
+    found = _ANGLE_ID.findall(in_reply_to)
+    bare = in_reply_to.split()[:1]
+    if not found and bare and "@" in bare[0] and not set("<>") & set(bare[0]):
+        found = [f"<{bare[0]}>"]   # a client that drops the brackets
+    found += reversed(_ANGLE_ID.findall(_header(msg, "References")))
+    return tuple(dict.fromkeys(found))
+
+
+def automatic(msg: Message, subject: str, sender: str) -> str | None:
+    """Why this mail was written by a machine (an auto-reply, a bounce), or None."""
+    auto_submitted = one_line(_header(msg, "Auto-Submitted"))
+    if auto_submitted and auto_submitted.split(";")[0].strip().lower() != "no":
+        return f"automatic mail (Auto-Submitted: {auto_submitted})"
     for name in ("X-Autoreply", "X-Autorespond"):
-        if msg.get(name) is not None:
-            return f"automatic mail ({name})"
-    if str(msg.get("Precedence", "")).strip().lower() in ("bulk", "junk", "list"):
-        return "automatic mail (Precedence)"
-    if msg.get_content_type() == "multipart/report":
-        return "delivery report"
-    if AUTO_SUBJECT.match(str(msg.get("Subject", ""))):
-        return "automatic reply (subject)"
+        if _header(msg, name):
+            return f"automatic mail ({name}: {one_line(_header(msg, name))})"
+    precedence = (one_line(_header(msg, "Precedence")).lower().split() or [""])[0]
+    if precedence in _LOUD_PRECEDENCE:
+        return f"automatic mail (Precedence: {precedence})"
+    if msg.get_content_type() == "multipart/report" or any(
+            part.get_content_type() == "message/delivery-status" for part in _parts(msg)):
+        return "delivery-status report (a bounce)"
+    if _BOUNCE_SENDERS.match(sender):
+        return f"bounce (from {sender})"
+    if _AUTO_SUBJECT.match(subject):
+        return f"automatic reply (subject: {subject[:80]})"
     return None
 
 
+def _parts(msg: Message) -> Iterator[Message]:
+    """The leaf parts of the message itself (not of a forwarded message/rfc822 inside it)."""
+    if msg.is_multipart() and msg.get_content_maintype() == "multipart":
+        for part in msg.get_payload():
+            if isinstance(part, Message):
+                yield from _parts(part)
+    else:
+        yield msg
+
+
+def _part_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    text = decode_bytes(payload, part.get_content_charset())
+    if part.get_content_type() == "text/html":
+        return html_to_text(text[:MAX_HTML])
+    if str(part.get_param("format", "")).lower() == "flowed":
+        return _unflow(text, str(part.get_param("delsp", "")).lower() == "yes")
+    return text
+
+
+def _unflow(text: str, delsp: bool) -> str:
+    """RFC 3676 format=flowed: a line ending in a space continues on the next one."""
+    out: list[str] = []
+    carry = ""
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line.startswith(" "):
+            line = line[1:]   # space-stuffing
+        if line.endswith(" ") and line != "-- ":
+            carry += line[:-1] if delsp else line
+            continue
+        out.append(carry + line)
+        carry = ""
+    if carry:
+        out.append(carry)
+    return "\n".join(out)
+
+
+def body_text(msg: Message) -> str:
+    """The text/plain body if there is one with text, else the HTML body made text."""
+    inline = [part for part in _parts(msg)
+              if part.get_content_maintype() == "text"
+              and str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
+              != "attachment"]
+    for kind in ("text/plain", "text/html"):
+        for part in inline:
+            if part.get_content_type() == kind:
+                text = _part_text(part)
+                if text.strip():
+                    return text
+    return ""
+
+
+def _own(sender: str, own_addresses: Collection[str]) -> bool:
+    if isinstance(own_addresses, str):
+        own_addresses = [own_addresses]   # one address, not a collection of characters
+    own = {addr.strip().lower() for _, addr in getaddresses(list(own_addresses)) if addr}
+    return sender in own
+
+
 def read_reply(raw: bytes, own_addresses: Collection[str] = ()) -> Reply | Ignored:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    message_id = (ID.findall(str(msg.get("Message-ID", ""))) or [""])[0]
-    sender = parseaddr(str(msg.get("From", "")))[1].lower()
-    if sender in {a.lower() for a in own_addresses}:
-        return Ignored("mail from the bridge's own address", message_id, sender)
-    why = _automatic(msg)
-    if why:
+    """Read one mail as a reply to the bridge; `own_addresses` are the bridge's From/Reply-To."""
+    msg = email.message_from_bytes(raw)
+    message_id = one_line(_raw_text(_header(msg, "Message-ID")))
+    sender = _sender(msg)
+    subject = one_line(decode_header(_header(msg, "Subject")))
+    why = automatic(msg, subject, sender)
+    if why is None and _own(sender, own_addresses):
+        why = f"mail from the bridge's own address ({sender})"
+    refs = references(msg)
+    if why is None and not refs:
+        why = "not a reply (no In-Reply-To or References to match)"
+    if why is not None:
         return Ignored(why, message_id, sender)
-    refs = ID.findall(str(msg.get("In-Reply-To", ""))) + ID.findall(str(msg.get("References", "")))[::-1]
-    if not refs:
-        return Ignored("no In-Reply-To or References", message_id, sender)
-    return Reply(message_id, sender, str(msg.get("Subject", "")), new_text(_body(msg)),
-                 tuple(dict.fromkeys(refs)))
+    return Reply(message_id, sender, subject, new_text(body_text(msg)[:MAX_TEXT]), refs)

@@ -2,7 +2,9 @@
 reused across messages and opened again when the server drops it.
 
 Every failure becomes an outbox Failure: 4xx and network trouble are temporary, 5xx is
-permanent for that message, and a login failure is a setting to fix, not a bad message.
+permanent for that message, and a login failure is a setting to fix, not a bad message. A
+provider's limit (by its words, whatever its code: bridge/mail/limits.py) is none of these:
+the account pauses and the message waits.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import socket
 import ssl
 from email.message import EmailMessage
 
+from bridge.mail.limits import CONNECTIONS, QUOTA, RATE, provider_limit
 from bridge.outbox import Failure
 from bridge.settings import SmtpSettings
 
@@ -19,6 +22,13 @@ AUTH_HINT = ("login refused: QQ Mail, 163 and 126 want the authorization code (æ
 CERT_HINT = ("the server's certificate is not trusted: fix the host name, or point SSL_CERT_FILE "
              "at the CA that signed it")
 TLS_HINT = "the server does not offer that: check SMTP_SECURITY (ssl for 465, starttls for 587)"
+LIMIT_HINTS = {
+    RATE: "the provider limits how fast this account sends: the bridge pauses sending and this mail "
+          "waits its turn (see README, Sending limits; SMTP_RATE sets the pace)",
+    QUOTA: "the account's daily quota is used up: the bridge pauses until the provider's next day, "
+           "and this mail waits",
+    CONNECTIONS: "too many connections at once: the bridge uses fewer (SMTP_CONNECTIONS) and retries",
+}
 
 
 class ConnectFailed(Exception):
@@ -33,10 +43,28 @@ def _text(raw) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
+def _limit(exc: BaseException) -> Failure | None:
+    """A provider's limit on the account, whatever the code and at whichever step it came."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        answers = [(code, _text(msg)) for code, msg in exc.recipients.values()]
+    elif isinstance(exc, smtplib.SMTPResponseException):
+        answers = [(exc.smtp_code, _text(exc.smtp_error))]
+    else:
+        return None
+    for code, text in answers:
+        kind = provider_limit(code, text)
+        if kind:
+            return Failure(f"{code} {text}", counts=False, limit=kind, hint=LIMIT_HINTS[kind])
+    return None
+
+
 def classify(exc: BaseException) -> Failure:
     """Map an smtplib / socket / ssl error to what the outbox should do with the message."""
     if isinstance(exc, ConnectFailed):
         return classify(exc.cause)
+    limited = _limit(exc)
+    if limited:
+        return limited
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return Failure(f"{exc.smtp_code} {_text(exc.smtp_error)}", counts=False, hint=AUTH_HINT)
     if isinstance(exc, smtplib.SMTPRecipientsRefused):

@@ -41,6 +41,11 @@ class Config:
     timezone: ZoneInfo
 
 
+def redelivery_seconds(config: Config) -> float:
+    """A repeat within the dedup window is a duplicate, even after retention pruned its row."""
+    return config.dedup_window
+
+
 def load_config(env: EnvReader) -> Config:
     return Config(token=env.str("ALERTMANAGER_TOKEN"),
                   hide_labels=env.list("ALERTMANAGER_HIDE_LABELS"),
