@@ -233,3 +233,30 @@ def test_reply_to_action_latency(way_back, httpserver, monkeypatch, mode):
               f"({mode}, IMAP_POLL_SECONDS=2)")
     finally:
         wb.svc.stop(timeout=5)
+
+
+def test_a_refused_action_is_explained_shown_and_retried(way_back, httpserver):
+    path = "/api/v3/repos/acme/widgets/issues/12/comments"
+    httpserver.expect_oneshot_request(path, method="POST").respond_with_json({"message": "Not Found"}, status=404)
+    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    wb = way_back(ADMIN_TOKEN="admin-tok")
+    wb.github(12)
+    (mail,) = wb.send(1)
+    wb.imap.deliver(reply(mail, "Does this reach GitHub?"))
+    wb.read()
+    refusal = wb.send(2)[-1].get_body(("plain",)).get_content()
+    assert "Not done: GitHub answered 404: Not Found" in refusal and "not visible to GITHUB_TOKEN" in refusal
+
+    auth = {"Authorization": "Bearer admin-tok"}
+    (row,) = wb.svc.outbox.recent(source="github")
+    (shown,) = wb.client.get(f"/api/deliveries/{row.id}", headers=auth).json["replies"]
+    assert (shown["status"], shown["target"], shown["attempts"]) == ("failed", "github", 1)
+    page = wb.client.get(f"/deliveries/{row.id}", headers=auth).get_data(as_text=True)
+    assert "Does this reach GitHub?" in page and "Retry" in page
+    assert wb.client.post(f"/api/replies/{shown['id']}/retry", headers=auth).status_code == 202
+    assert wb.client.post(f"/api/replies/{shown['id']}/retry", headers=auth).status_code == 409
+    wb.read()
+    assert len(calls(httpserver, path)) == 2 and wb.svc.replies.get(shown["id"]).status == "done"
+    assert GH_COMMENT["html_url"] in wb.send(3)[-1].get_body(("plain",)).get_content()
+    listing = wb.client.get("/deliveries/replies", headers=auth).get_data(as_text=True)
+    assert "oncall@example.com" in listing and "done" in listing
