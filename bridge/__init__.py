@@ -97,7 +97,8 @@ def build_services(settings: Settings) -> Services:
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                              attach=fetch_attachments, pacer=pacer,
                              digester=Digester(outbox, pacer, renderer, settings),
-                             prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE))
+                             prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE,
+                                                                      replies=services.replies))
     services.replies = ReplyStore(outbox)
     if settings.replies is not None:
         services.runner = ActionRunner(services, poll_seconds=max(settings.poll_seconds, 0.5))

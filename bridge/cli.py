@@ -153,7 +153,7 @@ def outbox_prune(older_than, dead_older_than):
         ages = [None if age is None else parse_age(age) for age in (older_than, dead_older_than)]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    pruned = svc.retention.prune(svc.outbox, *ages)
+    pruned = svc.retention.prune(svc.outbox, *ages, replies=svc.replies)
     note = svc.outbox.reclaim(convert=True)
     click.echo(f"pruned: {pruned.rows} rows, {pruned.attempts} attempts; dedup keys kept for redeliveries: "
                f"{pruned.kept_keys} (expired: {pruned.expired_keys})" + (f"; {note}" if note else ""))

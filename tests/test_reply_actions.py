@@ -143,3 +143,37 @@ def test_github_answers(ctx, httpserver):
     (graphql,) = [r for r, _ in httpserver.log if r.path == "/api/graphql"]
     assert graphql.get_json()["variables"] == {"id": "D_kw1", "body": "_Reply by email from me@x.com:_\n\nthanks"}
     assert github.target("push", {"repository": {"full_name": "o/r"}}) is None
+
+
+def _reply(mid: str, status: str = "ignored"):
+    from bridge.actions.store import NewReply
+    return NewReply(message_id=mid, imap_uid=None, sender="a@x.com", subject="Re: x", text="hi",
+                    references=(), status=status, reason="test" if status == "ignored" else None,
+                    target="none", action={"op": "nothing"})
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_reply_store_acts_once_leases_and_prunes(database, tmp_path, request):
+    from bridge.retention import Retention
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'r.db'}"
+    outbox = Outbox(make_engine(url.replace("postgresql://", "postgresql+psycopg://")))
+    outbox.create_schema()
+    store = ReplyStore(outbox)
+    mid = f"<{tmp_path.name}@x.com>"
+    try:
+        first = store.record(_reply(mid, status="queued"))
+        assert first and store.record(_reply(mid, status="queued")) is None        # same Message-ID
+        # one reader at a time: a second holder waits until the first lets go (or its lease ends)
+        assert store.lease("test_lease", "a", 30) and not store.lease("test_lease", "b", 30)
+        store.release_lease("test_lease", "a")
+        assert store.lease("test_lease", "b", 30) and store.lease("test_lease", "b", 30)
+        token, rows = store.claim(10, 60)
+        assert first in [r.id for r in rows] and first not in [r.id for r in store.claim(10, 60)[1]]
+        assert store.finish(first, token, "done", {"template": "nothing"})
+        store.confirmed(first, token, 1)
+        store.record(_reply(f"<ignored-{tmp_path.name}@x.com>"))
+        assert store.secret() == ReplyStore(outbox).secret()                          # shared by processes
+        pruned = Retention(30, 90).prune(outbox, older_than=0.0, replies=store)
+        assert pruned.rows >= 2 and store.get(first) is None
+    finally:
+        outbox.engine.dispose()

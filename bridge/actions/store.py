@@ -214,6 +214,14 @@ class ReplyStore:
         return [json.loads(r.result) for r in rows
                 if r.result and r.action and json.loads(r.action).get("op") == op]
 
+    def prune(self, before: float) -> int:
+        """Delete finished replies (ignored, done, failed and confirmed) created before `before`:
+        retention keeps them as long as the mails they answer."""
+        finished = sa.or_(replies.c.status == IGNORED,
+                          sa.and_(replies.c.status.in_((DONE, FAILED)), replies.c.confirmation_id.is_not(None)))
+        with self.outbox._writing(durable=False) as conn:
+            return conn.execute(replies.delete().where(finished, replies.c.created_at < before)).rowcount
+
     def get(self, row_id: int) -> Row | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(replies).where(replies.c.id == row_id)).first()
