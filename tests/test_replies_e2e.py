@@ -164,12 +164,16 @@ def test_alert_reply_silences_the_group_and_unsilence_expires_it(way_back, alert
 
 
 def test_wechat_reply_goes_to_the_follower(way_back, httpserver):
-    wb = way_back()
-    assert wechat_post(wb.client, message("订单还没到", sender="oFollower42", msg_id=4242)).status_code == 200
+    wb = way_back(WECHAT_USER_NAMES="oFollower42=李四")
+    assert wechat_post(wb.client, message("订单还没到<b>", sender="oFollower42", msg_id=4242)).status_code == 200
     (mail,) = wb.send(1)
     assert "回复此邮件即可回复该用户" in mail.get_body(("plain",)).get_content()
-    html = "<div dir='ltr'>已经发货了，单号 SF100。</div><blockquote type='cite'>quoted original</blockquote>"
-    wb.imap.deliver(reply(mail, "已经发货了，单号 SF100。", html=html))
+    # a mail a person can answer: the follower's name, an HTML part, the OpenID in a header
+    assert mail["Subject"].startswith("[微信] 李四: ") and mail["X-WeChat-OpenID"] == "oFollower42"
+    html = mail.get_body(("html",)).get_content()
+    assert "<b>李四</b>" in html and "订单还没到&lt;b&gt;" in html and "回复此邮件即可回复该用户" in html
+    answer = "<div dir='ltr'>已经发货了，单号 SF100。</div><blockquote type='cite'>quoted original</blockquote>"
+    wb.imap.deliver(reply(mail, "已经发货了，单号 SF100。", html=answer))
     wb.read()
     (send,) = calls(httpserver, "/cgi-bin/message/custom/send")
     assert send.args["access_token"] == "wx-access-1"
