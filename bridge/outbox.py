@@ -78,7 +78,10 @@ outbox = sa.Table(
     sa.Column("sent_at", sa.Float),
     sa.Column("digest_id", BigId, index=True),   # a carried event: the digest row that mails it
     sa.Column("digest_of", sa.Text),              # a digest: JSON list of the rows it carries
+    # What answering this mail does (JSON, see bridge/actions): replies look it up by Message-ID.
+    sa.Column("reply_target", sa.Text),
     sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_outbox_message_id", "message_id"),
 )
 
 attempts = sa.Table(
@@ -156,6 +159,7 @@ class NewMail:
     request: Mapping[str, Any] | None = None
     ignored: bool = False
     dedup_window: float | None = None
+    reply_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,8 @@ def _add_missing_columns(conn) -> None:
             if column.name not in present:
                 ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
                 conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+        for index in table.indexes:  # an index added later, on an old table
+            index.create(conn, checkfirst=True)
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -412,6 +418,7 @@ class Outbox:
             "attachments": json.dumps(list(mail.attachments)),
             "request": json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
             "attempts": 0, "duplicates": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
+            "reply_target": mail.reply_target,
         }).scalar_one()
         return Stored(row_id, "ignored" if mail.ignored else "accepted")
 
@@ -618,6 +625,12 @@ class Outbox:
                 .values(status=QUEUED, next_attempt_at=now, claim=None, claimed_until=None,
                         updated_at=now)
             ).rowcount
+
+    def by_message_id(self, message_id: str) -> Row | None:
+        """The newest row that carries this Message-ID (a reply's reference)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(outbox).where(outbox.c.message_id == message_id)
+                                .order_by(outbox.c.id.desc()).limit(1)).first()
 
     def get(self, row_id: int) -> Row | None:
         with self.engine.connect() as conn:
