@@ -11,7 +11,10 @@ from typing import Mapping
 
 from flask import Flask
 
+from bridge.actions.runner import ActionRunner
+from bridge.actions.store import ReplyStore
 from bridge.bodies import MemoryBudget
+from bridge.inbox import Inbox
 from bridge.logs import log_line, setup_logging
 from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
@@ -39,6 +42,9 @@ class Services:
     body_memory: MemoryBudget
     retention: Retention
     pacer: Pacer | Unpaced
+    replies: ReplyStore | None = None
+    runner: ActionRunner | None = None      # the way back, when IMAP_URL is set
+    inbox: Inbox | None = None
 
     def make_transport(self):
         if self.settings.smtp is None:
@@ -51,6 +57,20 @@ class Services:
     def start_sender(self) -> None:
         smtp = self.settings.smtp
         self.sender.start(threads=smtp.connections if smtp else 1)
+        self.start_replies()
+
+    def start_replies(self) -> None:
+        """The IMAP reader (one at a time across processes) and the action runner."""
+        if self.inbox is not None:
+            self.runner.start()
+            self.inbox.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the background threads: the sender finishes the message in hand."""
+        if self.inbox is not None:
+            self.inbox.stop(timeout=min(timeout, 12.0))
+            self.runner.stop(timeout=5.0)
+        self.sender.stop(timeout=timeout)
 
 
 def _redelivery_windows(settings: Settings, every_source: Mapping[str, object]) -> dict[str, float]:
@@ -78,7 +98,12 @@ def build_services(settings: Settings, every_source: Mapping[str, object]) -> Se
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                              attach=fetch_attachments, pacer=pacer,
                              digester=Digester(outbox, pacer, renderer, settings),
-                             prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE))
+                             prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE,
+                                                                      replies=services.replies))
+    services.replies = ReplyStore(outbox)
+    if settings.replies is not None:
+        services.runner = ActionRunner(services, poll_seconds=max(settings.poll_seconds, 0.5))
+        services.inbox = Inbox(services, on_stored=services.runner.wake)
     return services
 
 
@@ -86,7 +111,8 @@ def _startup_log(settings: Settings, services: Services) -> None:
     transport = services.make_transport()
     log_line("startup", delivery=transport.describe(), mail_from=settings.mail_from,
              mail_to=",".join(settings.mail_to), database=settings.database_url.split("://")[0],
-             send_in_web=settings.send_in_web)
+             send_in_web=settings.send_in_web,
+             replies=services.inbox.settings.imap.host if services.inbox else "off (IMAP_URL unset)")
     if settings.smtp is None:
         log_line("startup", note=f"no SMTP server configured (SMTP_HOST / SMTP_URL): mail is "
                                  f"written to the Maildir {settings.mail_dir}")

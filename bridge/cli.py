@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,17 +29,43 @@ def _services():
 @click.command("worker")
 @with_appcontext
 def worker_command():
-    """Drain the outbox until SIGTERM (the Procfile's worker process)."""
+    """Drain the outbox until SIGTERM (the Procfile's worker process); read replies too when
+    IMAP_URL is set."""
     svc = _services()
-    stop = lambda signum, frame: svc.sender.stopping.set()  # noqa: E731
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    svc.start_sender()
-    click.echo(f"worker: sending via {svc.make_transport().describe()}")
-    while not svc.sender.stopping.wait(0.5):
+    _run_until_signal("worker", svc.start_sender, f"sending via {svc.make_transport().describe()}")
+
+
+def _run_until_signal(name: str, start, what: str) -> None:
+    """Start background threads, run until SIGTERM or SIGINT, then stop them within Heroku's
+    grace period (the sender finishes the message in hand)."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
+    start()
+    click.echo(f"{name}: {what}")
+    while not stopped.wait(0.5):
         pass
-    svc.sender.stop(timeout=20)
-    click.echo("worker: stopped")
+    _services().stop(timeout=20)
+    click.echo(f"{name}: stopped")
+
+
+@click.command("inbox")
+@click.option("--once", is_flag=True, help="Read what is in the mailbox, run the actions, exit.")
+@with_appcontext
+def inbox_command(once: bool):
+    """Read replies from IMAP_URL and act on them (the Procfile's inbox process)."""
+    svc = _services()
+    if svc.inbox is None:
+        click.echo("inbox: IMAP_URL is not set: replies are off")
+        raise SystemExit(2)
+    if once:
+        read = svc.inbox.once()
+        while svc.runner.work_once():
+            pass
+        click.echo(f"inbox: read {read} message(s) from {svc.settings.replies.imap.host}")
+        return
+    _run_until_signal("inbox", svc.start_replies,
+                      f"reading {svc.settings.replies.imap.host} (one reader at a time across processes)")
 
 
 @click.command("send-test")
@@ -130,7 +157,7 @@ def outbox_prune(older_than, dead_older_than):
         ages = [None if age is None else parse_age(age) for age in (older_than, dead_older_than)]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    pruned = svc.retention.prune(svc.outbox, *ages)
+    pruned = svc.retention.prune(svc.outbox, *ages, replies=svc.replies)
     note = svc.outbox.reclaim(convert=True)
     click.echo(f"pruned: {pruned.rows} rows, {pruned.attempts} attempts; dedup keys kept for redeliveries: "
                f"{pruned.kept_keys} (expired: {pruned.expired_keys})" + (f"; {note}" if note else ""))
@@ -184,5 +211,6 @@ def sources_check(file: Path, payload: Path | None, headers: tuple[str, ...], ro
 
 
 def register(app: Flask) -> None:
-    for command in (worker_command, send_test_command, check_smtp_command, outbox_group, sources_group):
+    for command in (worker_command, inbox_command, send_test_command, check_smtp_command, outbox_group,
+                    sources_group):
         app.cli.add_command(command)

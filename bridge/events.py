@@ -50,6 +50,8 @@ class Event:
     ignored: str | None = None
     delivery_id: str | None = None
     dedup_window: float | None = None
+    # What answering this mail does (bridge/actions: target and its ids); None: nothing.
+    reply_target: Mapping[str, Any] | None = None
 
 
 def header(headers: Mapping[str, str], name: str) -> str:
@@ -136,3 +138,15 @@ def matches_any(value: str, globs: tuple[str, ...] | list[str]) -> bool:
     """Globs with * and ? only: brackets are literal, so `*[bot]` means what it says."""
     return any(re.fullmatch(re.escape(g).replace(r"\*", ".*").replace(r"\?", "."), value, re.DOTALL)
                for g in globs)
+
+
+DURATION = re.compile(r"(?:\d+[smhdw])+")
+DURATION_PART = re.compile(r"(\d+)([smhdw])")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(word: str) -> int | None:
+    """`2h`, `1d12h`, `90m` → seconds; None for anything else."""
+    if not DURATION.fullmatch(word.strip().lower()):
+        return None
+    return sum(int(n) * UNIT_SECONDS[unit] for n, unit in DURATION_PART.findall(word.lower()))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
+from bridge.actions.alertmanager import target as reply_target
 from bridge.settings import EnvReader
 from bridge.events import (Event, Rejected, header, json_object, matches_any, media_type,
                            presented_secret, same_secret)
@@ -315,4 +316,5 @@ def parse(headers: Mapping[str, str], body: bytes, config: Config, route: str | 
     context = group_view(doc, config, now)
     return [Event(source=NAME, kind=f"{NAME}:{doc['status']}", dedup_key=dedup_key(doc),
                   template=f"{NAME}/notification", context=context,
-                  thread_key=thread_key(doc), dedup_window=config.dedup_window)]
+                  thread_key=thread_key(doc), dedup_window=config.dedup_window,
+                  reply_target=reply_target(doc, thread_key(doc)))]

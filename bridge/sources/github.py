@@ -18,6 +18,7 @@ from bridge.logs import log_line
 from bridge.settings import EnvReader, SettingsError
 from bridge.events import (Answer, Event, Rejected, form_payload, header, json_object, matches_any,
                            media_type, selected)
+from bridge.actions.github import target as reply_target
 from bridge.sources.github_views import Limits, Payload, View, dig, router, scalar
 
 NAME = "github"
@@ -126,6 +127,7 @@ def parse(headers: Mapping[str, str], body: bytes, config: Config,
         thread_key=f"{NAME}:{view.thread_key}" if view.thread_key else None,
         thread_root=view.thread_root, headers=mail_headers(payload, delivery),
         ignored=filtered(payload, view, config), delivery_id=delivery or None,
+        reply_target=reply_target(event, doc),
     )]
 
 
