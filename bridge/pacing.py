@@ -115,9 +115,12 @@ class Pacer:
 
     # -- the account row
     def _ensure_row(self) -> None:
+        """The account's row, made once; a start gives back the connections a "too many
+        connections" answer took (SMTP_CONNECTIONS may have been lowered meanwhile)."""
         dialect = postgresql if self.outbox.is_postgres else sqlite
         with self.outbox._writing(durable=False) as conn:
             conn.execute(dialect.insert(accounts).values(account=self.key).on_conflict_do_nothing())
+            self._update(conn, connections=None)
 
     def _row(self, conn, lock: bool = False):
         query = sa.select(accounts).where(accounts.c.account == self.key)
