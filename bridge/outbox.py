@@ -26,14 +26,16 @@ from typing import Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
+from bridge.cooperative import offload
+
 QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
 DIGESTED = "digested"    # carried by a digest row (`digest_id`), which mails it with others
 STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED, DIGESTED)
 WAITING = (QUEUED, RETRYING)
 LIMITED = "limited"      # an attempt's outcome: the provider refused for its limits, not the mail
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
-# Rows retention deletes after RETAIN_DAYS ("digested": an event mailed inside a digest).
-DONE = (SENT, IGNORED, "digested")
+# Rows retention deletes after RETAIN_DAYS.
+DONE = (SENT, IGNORED, DIGESTED)
 
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 SCHEMA_WAIT = 120.0  # seconds a starting process waits for a database another one holds
@@ -76,7 +78,10 @@ outbox = sa.Table(
     sa.Column("sent_at", sa.Float),
     sa.Column("digest_id", BigId, index=True),   # a carried event: the digest row that mails it
     sa.Column("digest_of", sa.Text),              # a digest: JSON list of the rows it carries
+    # What answering this mail does (JSON, see bridge/actions): replies look it up by Message-ID.
+    sa.Column("reply_target", sa.Text),
     sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_outbox_message_id", "message_id"),
 )
 
 attempts = sa.Table(
@@ -154,6 +159,7 @@ class NewMail:
     request: Mapping[str, Any] | None = None
     ignored: bool = False
     dedup_window: float | None = None
+    reply_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,11 +260,13 @@ def _set_synchronous(connection, level: str) -> None:
 def _setup_lock(path: str | None):
     """One process at a time sets up a SQLite file (WAL, auto_vacuum, tables): several workers
     starting on a fresh database would otherwise race SQLite's lock and one would die with
-    `database is locked`. flock on the file itself: SQLite's own (fcntl) locks do not see it."""
+    `database is locked`. The lock is a file of its own beside the database: opening and
+    closing the database file itself would drop the POSIX locks SQLite holds on it in this
+    process, which corrupts the database."""
     if not path or path == ":memory:":
         yield
         return
-    with open(path, "ab") as fh:
+    with open(f"{path}-setup.lock", "ab") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -293,6 +301,12 @@ def _sqlite_engine(url: str) -> Engine:
     def _on_begin(conn):
         _begin_immediate(conn.connection.dbapi_connection)
 
+    @sa.event.listens_for(engine, "commit")
+    def _on_commit(conn):
+        # COMMIT here (the DB-API commit() that follows finds nothing left to do): under gevent
+        # its fsync runs in a native thread, so only this caller waits, not the whole process.
+        offload(conn.connection.dbapi_connection.execute, "COMMIT")
+
     return engine
 
 
@@ -306,6 +320,8 @@ def _add_missing_columns(conn) -> None:
             if column.name not in present:
                 ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
                 conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+        for index in table.indexes:  # an index added later, on an old table
+            index.create(conn, checkfirst=True)
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -402,6 +418,7 @@ class Outbox:
             "attachments": json.dumps(list(mail.attachments)),
             "request": json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
             "attempts": 0, "duplicates": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
+            "reply_target": mail.reply_target,
         }).scalar_one()
         return Stored(row_id, "ignored" if mail.ignored else "accepted")
 
@@ -608,6 +625,12 @@ class Outbox:
                 .values(status=QUEUED, next_attempt_at=now, claim=None, claimed_until=None,
                         updated_at=now)
             ).rowcount
+
+    def by_message_id(self, message_id: str) -> Row | None:
+        """The newest row that carries this Message-ID (a reply's reference)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(outbox).where(outbox.c.message_id == message_id)
+                                .order_by(outbox.c.id.desc()).limit(1)).first()
 
     def get(self, row_id: int) -> Row | None:
         with self.engine.connect() as conn:

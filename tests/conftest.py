@@ -79,7 +79,7 @@ def make_app(base_env):
     yield make
     for app in apps:
         svc = app.extensions["bridge"]
-        svc.sender.stop(timeout=5)
+        svc.stop(timeout=5)
         svc.outbox.engine.dispose()
 
 
