@@ -115,9 +115,12 @@ class Pacer:
 
     # -- the account row
     def _ensure_row(self) -> None:
+        """The account's row, made once; a start gives back the connections a "too many
+        connections" answer took (SMTP_CONNECTIONS may have been lowered meanwhile)."""
         dialect = postgresql if self.outbox.is_postgres else sqlite
         with self.outbox._writing(durable=False) as conn:
             conn.execute(dialect.insert(accounts).values(account=self.key).on_conflict_do_nothing())
+            self._update(conn, connections=None)
 
     def _row(self, conn, lock: bool = False):
         query = sa.select(accounts).where(accounts.c.account == self.key)
@@ -240,12 +243,14 @@ class Pacer:
         if kind == QUOTA:
             until = max(until, next_day(now, self.day_zone))
         learned = {}
-        if kind != QUOTA:  # what got through just before is more than the account may send
-            got_through = conn.execute(sa.select(sa.func.count()).select_from(outbox_rows)
-                                       .where(outbox_rows.c.sent_at > now - ladder[0])).scalar_one()
-            taught = learned_window(got_through, ladder[0])
-            if not row.learned_count or taught.count / taught.seconds < row.learned_count / row.learned_seconds:
-                learned = {"learned_count": taught.count, "learned_seconds": taught.seconds}
+        if kind != QUOTA:
+            if row.learned_count:  # refused at the learned pace as well: a quarter less
+                taught = learned_window(row.learned_count, row.learned_seconds)
+            else:                  # what got through just before is more than the account may send
+                taught = learned_window(conn.execute(
+                    sa.select(sa.func.count()).select_from(outbox_rows)
+                    .where(outbox_rows.c.sent_at > now - ladder[0])).scalar_one(), ladder[0])
+            learned = {"learned_count": taught.count, "learned_seconds": taught.seconds}
         self._update(conn, paused_until=until, paused_at=now, pause_kind=kind, pause_answer=answer[:500],
                      strikes=strikes, last_limited_at=now, probe=1, probe_until=None,
                      refusals=row.refusals + 1, **learned)

@@ -28,7 +28,7 @@ _CONNECTIONS = re.compile(r"too many (concurrent |simultaneous |open )?(connecti
 _QUOTA = re.compile(r"daily|quota|per day|24 ?hours|today|RP:TRC|MI:STC|当天|今日|每天|每日", re.I)
 _LIMIT = re.compile(r"frequen|too fast|\brate\b|rate.?limit|quota|limit(ed)? exceeded|exceeded.{0,30}limit"
                     r"|sending limit|too many (messages|mails|emails|login)|4\.7\.0.{0,20}try again later|server busy"
-                    r"|MI:SFQ|MI:CCL|RP:QRC|RP:CCL|HL:IFC|RP:TRC|MI:STC|频率|频繁|超过|上限|过多|过快",
+                    r"|MI:SFQ|MI:CCL|MI:DMC|RP:QRC|RP:CCL|HL:IFC|RP:TRC|MI:STC|频率|频繁|超过|超出|上限|过多|过快",
                     re.I)
 
 
@@ -118,7 +118,7 @@ def next_day(now: float, zone: ZoneInfo) -> float:
 
 
 def learned_window(sent: int, seconds: float) -> Window:
-    """What a refusal teaches when `sent` mails got through in the `seconds` before it: a quarter
-    under that. The window is the first cool-down step (a minute by default: providers count
-    per minute first)."""
+    """What a refusal teaches when `sent` mails got through in the `seconds` before it (or when
+    a learned pace of `sent` per `seconds` was refused too): a quarter under that. The window is
+    the first cool-down step (a minute by default: providers count per minute first)."""
     return Window(max(1, sent * 3 // 4), seconds)
