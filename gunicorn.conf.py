@@ -36,7 +36,7 @@ def worker_exit(server, worker):
     import sys
     wsgi = sys.modules.get("bridge.wsgi")
     if wsgi is not None:
-        wsgi.services.sender.stop(timeout=graceful_timeout - 5)
+        wsgi.services.stop(timeout=graceful_timeout - 5)
 
 
 def on_starting(server):

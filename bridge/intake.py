@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from bridge.invite import invited
 from bridge.mail.compose import mail_domain, thread_ids
 from bridge.outbox import NewMail, Stored
 from bridge.events import Event
@@ -43,14 +44,14 @@ def store(services, event: Event, recipients: tuple[str, ...], route: str | None
     id_key = event.dedup_key if event.dedup_window is None else f"{event.dedup_key}@{uuid.uuid4().hex}"
     msg_id, in_reply_to = thread_ids(id_key, event.thread_key, event.thread_root,
                                      mail_domain(settings.mail_from))
-    stored = services.outbox.enqueue(NewMail(
+    stored = services.outbox.enqueue(invited(services, NewMail(
         dedup_key=bounded_key(event.dedup_key), source=event.source, kind=event.kind,
         subject=rendered.subject, text=rendered.text, html=rendered.html,
         mail_from=settings.mail_from, mail_to=recipients, message_id=msg_id,
         in_reply_to=in_reply_to, route=route, delivery_id=event.delivery_id,
         headers=event.headers, attachments=event.attachments, request=request,
         ignored=event.ignored is not None, dedup_window=event.dedup_window,
-    ))
+    ), event.reply_target))
     if stored.status == "accepted":
         services.wake_sender()
     return stored

@@ -41,6 +41,12 @@ DIGEST_EVENTS = Histogram("bridge_digest_events", "Events carried per digest mai
 SEND_SECONDS = Histogram("bridge_send_duration_seconds", "Time to hand one mail to the transport",
                          ["outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
+REPLIES = Counter("bridge_replies", "Reply mails read from the mailbox by outcome (accepted: an "
+                  "action was queued; ignored: automatic, a stranger, no signed reference; duplicate)",
+                  ["outcome"])
+ACTIONS = Counter("bridge_actions", "Reply action attempts by target (github, alertmanager, wechat, "
+                  "none) and the action's status afterwards (done, retrying, failed)", ["target", "status"])
+
 bp = Blueprint("metrics", __name__)
 
 
@@ -68,6 +74,32 @@ def failure_reason(exc: BaseException) -> str:
 def mail_failed(exc: BaseException, status: str, seconds: float) -> None:
     FAILED.labels(failure_reason(exc), status).inc()
     SEND_SECONDS.labels("failed").observe(seconds)
+
+
+def reply(outcome: str) -> None:
+    REPLIES.labels(outcome).inc()
+
+
+def action(target: str, status: str) -> None:
+    ACTIONS.labels(target, status).inc()
+
+
+class ReplyCollector:
+    """Reply rows by target and status, read from the database per scrape."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        try:
+            counts = self.store.counts()
+        except (SQLAlchemyError, OSError):
+            return
+        rows = GaugeMetricFamily("bridge_reply_rows", "Stored replies by target and status (ignored, "
+                                 "queued, running, retrying, done, failed)", labels=["target", "status"])
+        for (target, status), n in sorted(counts.items()):
+            rows.add_metric([target, status], n)
+        yield rows
 
 
 class OutboxCollector:
@@ -141,4 +173,6 @@ def scrape():
     outbox = CollectorRegistry()
     outbox.register(OutboxCollector(services.outbox))
     outbox.register(PacingCollector(services.pacer))
+    if services.replies is not None:
+        outbox.register(ReplyCollector(services.replies))
     return Response(generate_latest(_counted()) + generate_latest(outbox), content_type=CONTENT_TYPE_LATEST)

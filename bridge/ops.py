@@ -20,7 +20,7 @@ from flask import (Blueprint, Flask, Response, current_app, flash, jsonify, redi
 from jinja2 import select_autoescape
 
 from bridge.logs import log_line
-from bridge.outbox import DEAD, DUPLICATE, STATUSES
+from bridge.outbox import DEAD, DUPLICATE, QUEUED, RETRYING, SENDING, STATUSES
 from bridge.events import bearer_token, same_secret
 
 bp = Blueprint("ops", __name__)
@@ -167,6 +167,11 @@ def _list(filters: dict, page: int):
     return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
 
 
+@bp.app_template_filter("fromjson")
+def from_json(text: str | None):
+    return json.loads(text) if text else {}
+
+
 @bp.app_template_filter("local_time")
 def local_time(timestamp: float | None) -> str:
     if timestamp is None:
@@ -200,15 +205,44 @@ def pretty_payload(record: dict | None) -> tuple[str, bool]:
     return shown[:PAYLOAD_SHOWN], capped
 
 
+CHART_HOURS, CHART_BUCKETS = 24, 96
+CHART_SERIES = (("in", "events in"), ("out", "mails out"), ("digests", "digests"), ("refused", "provider refusals"))
+
+
+def chart(activity: dict[str, list[int]], width: int = 960, height: int = 100) -> dict:
+    """The last day's activity as SVG polylines on one scale (drawn by the template)."""
+    top = max([1] + [n for counts in activity.values() for n in counts])
+    step = width / max(1, CHART_BUCKETS - 1)
+    lines = [{"key": key, "label": label, "total": sum(activity[key]),
+              "points": " ".join(f"{i * step:.1f},{height - n * height / top:.1f}"
+                                 for i, n in enumerate(activity[key]))}
+             for key, label in CHART_SERIES]
+    return {"lines": lines, "top": top, "width": width, "height": height,
+            "minutes": CHART_HOURS * 60 // CHART_BUCKETS}
+
+
+@bp.app_template_filter("pause_time")
+def pause_time(timestamp: float) -> str:
+    """`20:14` today, `2026-06-02 00:00` another day, in BRIDGE_TIMEZONE, with the zone."""
+    zone = _services().settings.timezone
+    when = dt.datetime.fromtimestamp(timestamp, zone)
+    same_day = when.date() == dt.datetime.now(zone).date()
+    return when.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M") + f" {zone.key}"
+
+
 @bp.get("/deliveries")
 def deliveries():
     filters, page = _filters(), _page()
     rows, more = _list(filters, page)
-    outbox = _services().outbox
+    svc = _services()
+    outbox, counts = svc.outbox, svc.outbox.counts()
+    activity = outbox.activity(time.time() - CHART_HOURS * 3600, CHART_HOURS * 3600 / CHART_BUCKETS, CHART_BUCKETS)
     return render_template("ops/list.html.j2", rows=rows, more=more, page=page, filters=filters,
+                           replies_of=_replies_by_mail([row.id for row in rows]),
                            sources=outbox.sources(), statuses=FILTER_STATUSES,
-                           counts=outbox.counts(), timezone=_services().settings.timezone,
-                           retention=_services().retention)
+                           counts=counts, timezone=svc.settings.timezone, pause=svc.pacer.state(),
+                           waiting=sum(counts.get(s, 0) for s in (QUEUED, RETRYING, SENDING)),
+                           chart=chart(activity), retention=svc.retention)
 
 
 @bp.get("/deliveries/<int:row_id>")
@@ -219,7 +253,9 @@ def delivery(row_id: int):
     record = _request_record(row)
     payload, capped = pretty_payload(record)
     return render_template("ops/detail.html.j2", row=row, record=record, payload=payload,
-                           capped=capped, attempts=_services().outbox.attempts_of(row_id))
+                           capped=capped, attempts=_services().outbox.attempts_of(row_id),
+                           carried=_services().outbox.carried(row_id) if row.digest_of else [],
+                           replies=_replies_by_mail([row_id]).get(row_id, []))
 
 
 @bp.get("/deliveries/<int:row_id>/mail.html")
@@ -261,6 +297,64 @@ def retry_dead():
     return redirect(url_for(".deliveries"), 303)
 
 
+# -- replies: beside the mails they answer (or whose confirmation they are), and on their own
+def _replies_by_mail(outbox_ids: list[int]) -> dict[int, list]:
+    by_mail: dict[int, list] = {}
+    for reply in _services().replies.for_mails(outbox_ids):
+        for mail_id in {reply.outbox_id, reply.confirmation_id} & set(outbox_ids):
+            by_mail.setdefault(mail_id, []).append(reply)
+    return by_mail
+
+
+def reply_summary(reply) -> dict:
+    return {"id": reply.id, "received_at": _iso(reply.created_at), "message_id": reply.message_id,
+            "sender": reply.sender, "subject": reply.subject, "text": reply.text, "status": reply.status,
+            "reason": reply.reason, "answers": reply.outbox_id, "target": reply.target,
+            "action": json.loads(reply.action) if reply.action else None, "attempts": reply.attempts,
+            "last_error": reply.last_error, "hint": reply.hint,
+            "result": json.loads(reply.result) if reply.result else None,
+            "confirmation": reply.confirmation_id}
+
+
+def _retry_reply(reply_id: int) -> bool:
+    svc = _services()
+    queued = svc.replies.retry(reply_id)
+    if queued and svc.runner is not None:
+        svc.runner.wake()
+    log_line("retry_reply", reply_id=reply_id, queued=queued, by="api" if _is_api() else "page")
+    return queued
+
+
+@bp.get("/deliveries/replies")
+def replies_page():
+    return render_template("ops/replies.html.j2", replies=_services().replies.recent(PAGE_SIZE),
+                           replies_on=_services().settings.replies is not None)
+
+
+@bp.post("/deliveries/replies/<int:reply_id>/retry")
+def retry_reply(reply_id: int):
+    reply = _services().replies.get(reply_id)
+    if reply is None:
+        return _not_found()
+    flash(str(reply_id), "reply_retried" if _retry_reply(reply_id) else "reply_not_failed")
+    back = url_for(".delivery", row_id=reply.outbox_id) if reply.outbox_id else url_for(".replies_page")
+    return redirect(back, 303)
+
+
+@bp.get("/api/replies")
+def api_replies():
+    return jsonify(items=[reply_summary(r) for r in _services().replies.recent(PAGE_SIZE)])
+
+
+@bp.post("/api/replies/<int:reply_id>/retry")
+def api_retry_reply(reply_id: int):
+    if _services().replies.get(reply_id) is None:
+        return _not_found()
+    if not _retry_reply(reply_id):
+        return jsonify(status="error", id=reply_id, reason="only a failed action can be retried"), 409
+    return jsonify(status="queued", id=reply_id), 202
+
+
 # -- the JSON API
 def summary(row) -> dict:
     return {"id": row.id, "created_at": _iso(row.created_at), "source": row.source,
@@ -268,7 +362,8 @@ def summary(row) -> dict:
             "recipients": [a.strip() for a in row.mail_to.split(",") if a.strip()],
             "status": row.status, "attempts": row.attempts, "duplicates": row.duplicates,
             "route": row.route, "delivery_id": row.delivery_id, "message_id": row.message_id,
-            "last_error": row.last_error, "hint": row.hint, "sent_at": _iso(row.sent_at)}
+            "last_error": row.last_error, "hint": row.hint, "sent_at": _iso(row.sent_at),
+            "digest_id": row.digest_id, "digest_of": json.loads(row.digest_of) if row.digest_of else None}
 
 
 @bp.get("/api/deliveries")
@@ -286,7 +381,8 @@ def api_detail(row_id: int):
     tries = [{"at": _iso(a.at), "outcome": a.outcome, "detail": a.detail,
               "seconds": round(a.seconds, 3)} for a in _services().outbox.attempts_of(row_id)]
     return jsonify({**summary(row), "text": row.text, "html": row.html,
-                    "request": _request_record(row), "attempt_log": tries})
+                    "request": _request_record(row), "attempt_log": tries,
+                    "replies": [reply_summary(r) for r in _replies_by_mail([row_id]).get(row_id, [])]})
 
 
 @bp.post("/api/deliveries/<int:row_id>/resend")

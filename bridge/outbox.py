@@ -78,7 +78,10 @@ outbox = sa.Table(
     sa.Column("sent_at", sa.Float),
     sa.Column("digest_id", BigId, index=True),   # a carried event: the digest row that mails it
     sa.Column("digest_of", sa.Text),              # a digest: JSON list of the rows it carries
+    # What answering this mail does (JSON, see bridge/actions): replies look it up by Message-ID.
+    sa.Column("reply_target", sa.Text),
     sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_outbox_message_id", "message_id"),
 )
 
 attempts = sa.Table(
@@ -156,6 +159,7 @@ class NewMail:
     request: Mapping[str, Any] | None = None
     ignored: bool = False
     dedup_window: float | None = None
+    reply_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,10 +179,6 @@ class Failure:
     counts: bool = True
     hint: str | None = None
     limit: str | None = None     # the provider's limit on the account (bridge.mail.limits), not the mail's fault
-
-
-class _Abandon(Exception):
-    """Raised inside a transaction to roll it back."""
 
 
 class GroupCommitter:
@@ -320,6 +320,8 @@ def _add_missing_columns(conn) -> None:
             if column.name not in present:
                 ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
                 conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+        for index in table.indexes:  # an index added later, on an old table
+            index.create(conn, checkfirst=True)
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -416,6 +418,7 @@ class Outbox:
             "attachments": json.dumps(list(mail.attachments)),
             "request": json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
             "attempts": 0, "duplicates": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
+            "reply_target": mail.reply_target,
         }).scalar_one()
         return Stored(row_id, "ignored" if mail.ignored else "accepted")
 
@@ -584,32 +587,25 @@ class Outbox:
                                 .where(self._DIGESTIBLE).group_by(outbox.c.mail_to))
             return {mail_to: n for mail_to, n in rows}
 
-    def waiting_rows(self, mail_to: str) -> list[Row]:
-        """The mails a digest may carry for one recipient list, in arrival order."""
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(outbox).where(self._DIGESTIBLE, outbox.c.mail_to == mail_to)
-                                .order_by(outbox.c.id)).all()
-
-    def store_digest(self, carried: list[int], digest: NewMail) -> int | None:
-        """Store a digest and mark what it carries, in one transaction: a crash leaves either
-        the rows waiting alone or one digest row that carries them, never both, never neither.
-        None (and nothing stored) when a sender took one of the rows meanwhile."""
+    def combine(self, mail_to: str, make_digests) -> list[tuple[int, int]]:
+        """Digest what waits for one recipient list, in one transaction: `make_digests(rows)`
+        (the waiting rows, arrival order) returns [(carried ids, NewMail)]; each digest is
+        stored and the rows it carries marked `digested`. The rows are locked meanwhile, so no
+        sender claims one of them; a crash leaves either the rows waiting alone or the digest
+        that carries them, never both, never neither. Returns [(digest id, events)]."""
         now = time.time()
-        try:
-            with self._writing() as conn:
-                stored = self._store_one(conn, digest, now)
-                if stored.status != "accepted":
-                    raise _Abandon
+        made = []
+        with self._writing() as conn:
+            rows = conn.execute(sa.select(outbox).where(self._DIGESTIBLE, outbox.c.mail_to == mail_to)
+                                .order_by(outbox.c.id).with_for_update(skip_locked=True)).all()
+            for carried, mail in make_digests(rows):
+                stored = self._store_one(conn, mail, now)
                 conn.execute(outbox.update().where(outbox.c.id == stored.id)
                              .values(digest_of=json.dumps(carried)))
-                taken = conn.execute(
-                    outbox.update().where(outbox.c.id.in_(carried), self._DIGESTIBLE)
-                    .values(status=DIGESTED, digest_id=stored.id, updated_at=now)).rowcount
-                if taken != len(carried):
-                    raise _Abandon
-        except _Abandon:  # rolled back
-            return None
-        return stored.id
+                conn.execute(outbox.update().where(outbox.c.id.in_(carried))
+                             .values(status=DIGESTED, digest_id=stored.id, updated_at=now))
+                made.append((stored.id, len(carried)))
+        return made
 
     def carried(self, digest_id: int) -> list[Row]:
         """The events a digest row carries, in arrival order (bodies left out)."""
@@ -629,6 +625,12 @@ class Outbox:
                 .values(status=QUEUED, next_attempt_at=now, claim=None, claimed_until=None,
                         updated_at=now)
             ).rowcount
+
+    def by_message_id(self, message_id: str) -> Row | None:
+        """The newest row that carries this Message-ID (a reply's reference)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(outbox).where(outbox.c.message_id == message_id)
+                                .order_by(outbox.c.id.desc()).limit(1)).first()
 
     def get(self, row_id: int) -> Row | None:
         with self.engine.connect() as conn:
@@ -664,6 +666,20 @@ class Outbox:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(outbox.c.source).distinct()
                                      .order_by(outbox.c.source)).scalars())
+
+    def activity(self, since: float, bucket: float, buckets: int) -> dict[str, list[int]]:
+        """Counts per time bucket from `since`: events in, mails out, digests out, and the
+        provider's limit refusals (the deliveries page's chart)."""
+        def per_bucket(conn, column, *where) -> list[int]:
+            sums = [sa.func.sum(sa.case((sa.and_(column >= since + i * bucket, column < since + (i + 1) * bucket),
+                                         1), else_=0)) for i in range(buckets)]
+            return [int(v or 0) for v in conn.execute(sa.select(*sums).where(column >= since, *where)).one()]
+
+        with self.engine.connect() as conn:
+            return {"in": per_bucket(conn, outbox.c.created_at, outbox.c.digest_of.is_(None)),
+                    "out": per_bucket(conn, outbox.c.sent_at),
+                    "digests": per_bucket(conn, outbox.c.sent_at, outbox.c.digest_of.is_not(None)),
+                    "refused": per_bucket(conn, attempts.c.at, attempts.c.outcome == LIMITED)}
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

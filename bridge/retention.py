@@ -33,9 +33,11 @@ class Retention:
     keep_keys: Mapping[str, float] = field(default_factory=dict)
 
     def prune(self, outbox: Outbox, older_than: float | None = None, dead_older_than: float | None = None,
-              pause: float = 0.0) -> Pruned:
-        """Prune what is older than the settings say (or the ages given, in seconds)."""
+              pause: float = 0.0, replies=None) -> Pruned:
+        """Prune what is older than the settings say (or the ages given, in seconds); finished
+        replies (`replies`: their store) go after as long as sent mail."""
         now = time.time()
         done = self.days * DAY if older_than is None else older_than
         dead = self.dead_days * DAY if dead_older_than is None else dead_older_than
-        return outbox.prune(now - done, now - dead, self.keep_keys, pause=pause)
+        pruned = outbox.prune(now - done, now - dead, self.keep_keys, pause=pause)
+        return pruned + Pruned(rows=replies.prune(now - done)) if replies is not None else pruned

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bridge.events import parse_duration
 from bridge.mail.limits import Window, parse_budget, provider
 
 SECURITY_CHOICES = ("ssl", "starttls", "none")
@@ -139,6 +140,36 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class ImapSettings:
+    host: str
+    port: int
+    security: str                        # ssl, starttls or none
+    user: str
+    password: str = field(repr=False)
+    mailbox: str
+    cert_file: str
+    poll_seconds: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    """The way back (IMAP_URL set): where replies arrive, who may send them, what they reach."""
+
+    imap: ImapSettings
+    reply_to: str
+    allowed_senders: tuple[str, ...]     # globs on the lower-cased address
+    max_silence_seconds: int
+    github_token: str = field(repr=False)
+    github_api_url: str
+    wechat_api_url: str
+    wechat_appid: str
+    wechat_secret: str = field(repr=False)
+    alertmanager_url: str
+    api_timeout: float
+
+
+@dataclass(frozen=True)
 class Settings:
     smtp: SmtpSettings | None            # None: deliver into the Maildir
     mail_from: str
@@ -166,6 +197,7 @@ class Settings:
     secret_key: str = field(repr=False)
     # One frozen config object per source, built by that source's `load_config`.
     sources: Mapping[str, object] = field(default_factory=dict, repr=False)
+    replies: ReplySettings | None = None   # None: IMAP_URL unset, replies off
 
     def recipients(self, route: str | None) -> tuple[str, ...] | None:
         """Recipients for a route (None: the default list); None when the route is unknown."""
@@ -245,6 +277,67 @@ def _cooldowns(env: EnvReader) -> tuple[float, ...]:
     return steps
 
 
+IMAP_SCHEMES = {"imaps": "ssl", "imap+ssl": "ssl", "imap+starttls": "starttls", "imap": "none"}
+
+
+def _imap(env: EnvReader, url: str) -> ImapSettings:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in IMAP_SCHEMES or not parts.hostname or not parts.username:
+        raise SettingsError("IMAP_URL must look like imaps://user:password@imap.qq.com:993/INBOX "
+                            "(schemes: imaps, imap+starttls, imap; percent-encode @ in the user)")
+    security = IMAP_SCHEMES[parts.scheme]
+    try:
+        port = parts.port or (993 if security == "ssl" else 143)
+    except ValueError:
+        raise SettingsError("IMAP_URL has a port that is not a number") from None
+    cert_file = env.str("SSL_CERT_FILE")
+    if cert_file and not Path(cert_file).is_file():
+        raise SettingsError(f"SSL_CERT_FILE={cert_file!r} is not a readable file")
+    return ImapSettings(host=parts.hostname, port=port, security=security,
+                        user=urllib.parse.unquote(parts.username),
+                        password=urllib.parse.unquote(parts.password or ""),
+                        mailbox=urllib.parse.unquote(parts.path.lstrip("/")) or "INBOX",
+                        cert_file=cert_file,
+                        poll_seconds=env.float("IMAP_POLL_SECONDS", 30.0, minimum=0.1),
+                        timeout=env.float("IMAP_TIMEOUT", 30.0, minimum=0.1))
+
+
+def _duration(env: EnvReader, name: str, default: str) -> int:
+    raw = env.str(name, default) or default
+    seconds = parse_duration(raw)
+    if not seconds:
+        raise SettingsError(f"{name}={raw!r} must look like 7d, 12h or 90m")
+    return seconds
+
+
+def _api_url(env: EnvReader, name: str, default: str) -> str:
+    url = (env.str(name) or default).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"{name} must start with http:// or https://")
+    return url
+
+
+def _replies(env: EnvReader, mail_from: str, mail_to: tuple[str, ...],
+             routes: Mapping[str, tuple[str, ...]]) -> ReplySettings | None:
+    url = env.str("IMAP_URL")
+    if not url:
+        return None
+    recipients = [addr for group in (mail_to, *routes.values()) for addr in group]
+    allowed = env.list("REPLY_ALLOWED_SENDERS") or tuple(dict.fromkeys(recipients))
+    return ReplySettings(
+        imap=_imap(env, url),
+        reply_to=env.str("REPLY_TO") or mail_from,
+        allowed_senders=tuple(glob.lower() for glob in allowed),
+        max_silence_seconds=_duration(env, "REPLY_MAX_SILENCE", "7d"),
+        github_token=env.str("GITHUB_TOKEN"),
+        github_api_url=_api_url(env, "GITHUB_API_URL", "https://api.github.com"),
+        wechat_api_url=_api_url(env, "WECHAT_API_URL", "https://api.weixin.qq.com"),
+        wechat_appid=env.str("WECHAT_APPID"), wechat_secret=env.str("WECHAT_APPSECRET"),
+        alertmanager_url=env.str("ALERTMANAGER_URL").rstrip("/"),
+        api_timeout=env.float("REPLY_API_TIMEOUT", 15.0, minimum=0.1),
+    )
+
+
 def _session_key(admin_token: str) -> str:
     """Without SECRET_KEY: a key derived from ADMIN_TOKEN, so every gunicorn worker signs the
     deliveries page's session cookie alike (and a new token logs everyone out)."""
@@ -272,6 +365,16 @@ def _routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
             for name in env if name.startswith("MAIL_TO_") and reader.list(name)}
 
 
+def environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """The mapping settings are read from: `environ` when given (tests), else os.environ after
+    loading `.env`."""
+    if environ is not None:
+        return environ
+    from dotenv import load_dotenv
+    load_dotenv(Path.cwd() / ".env", override=False)
+    return os.environ
+
+
 def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = None,
                   source_loaders: Mapping[str, Callable[[EnvReader], object]] | None = None) -> Settings:
     """Build Settings from a mapping (default: os.environ after loading `.env`).
@@ -279,11 +382,7 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
     `source_loaders` (name → the source's `load_config`) is handed in by the app factory, so
     settings never imports the sources that import it.
     """
-    if environ is None:
-        from dotenv import load_dotenv
-        load_dotenv(Path.cwd() / ".env", override=False)
-        environ = os.environ
-
+    environ = environment(environ)
     root = root or Path.cwd()
     env = EnvReader(environ)
     smtp = _smtp(env)
@@ -293,11 +392,13 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
     if templates_dir and not Path(templates_dir).is_dir():
         raise SettingsError(f"TEMPLATES_DIR={templates_dir!r} is not a folder")
     admin_token = env.str("ADMIN_TOKEN")
+    mail_to = env.list("MAIL_TO") or (mail_from,)
+    routes = _routes(environ)
     return Settings(
         smtp=smtp,
         mail_from=mail_from,
-        mail_to=env.list("MAIL_TO") or (mail_from,),
-        routes=_routes(environ),
+        mail_to=mail_to,
+        routes=routes,
         mail_dir=(root / env.str("MAIL_DIR", "var/mail")).resolve(),
         database_url=_database_url(env, root),
         send_in_web=env.bool("SEND_IN_WEB", True),
@@ -319,4 +420,5 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
         admin_token=admin_token,
         secret_key=env.str("SECRET_KEY") or _session_key(admin_token),
         sources={name: load(env) for name, load in (source_loaders or {}).items()},
+        replies=_replies(env, mail_from, mail_to, routes),
     )

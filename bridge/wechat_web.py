@@ -12,7 +12,7 @@ import time
 
 from flask import Blueprint, Response, current_app, request
 
-from bridge import chatops
+from bridge import commands
 from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
 from bridge.sources import wechat
@@ -88,7 +88,7 @@ def _decide(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
     openid = msg.get("FromUserName").strip()
     if not config.may_use(openid):
         return _reply("not_allowed"), "not allowed"
-    command = chatops.parse_command(msg.get("Content")) if msg.get("MsgType").strip() == "text" else None
+    command = commands.parse_command(msg.get("Content")) if msg.get("MsgType").strip() == "text" else None
     if command is not None:
         if not config.allowed_users:  # a public account's followers must not silence alerts
             return _reply("commands_off"), "command refused"
@@ -113,12 +113,12 @@ def _store(msg: wechat.Inbound, event):
     return store(services, event, services.settings.mail_to, None, record)
 
 
-def _command(msg: wechat.Inbound, command: chatops.Command, config) -> tuple[str, str]:
+def _command(msg: wechat.Inbound, command: commands.Command, config) -> tuple[str, str]:
     # Stored as an ignored row first: a WeChat retry of the same MsgId never runs it twice,
     # and the deliveries page shows who ran what.
     stored = _store(msg, wechat.command_record(msg, config, command.name))
     if stored.status == "duplicate":
         return _reply("command_duplicate", content=msg.get("Content")), "duplicate command"
     sender = config.name_of(msg.get("FromUserName").strip())
-    name, context = chatops.run(command, config, _services(), sender, COMMAND_BUDGET)
+    name, context = commands.run(command, config, _services(), sender, COMMAND_BUDGET)
     return _reply(name, **context), f"command {command.name}: {name}"

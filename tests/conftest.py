@@ -79,7 +79,7 @@ def make_app(base_env):
     yield make
     for app in apps:
         svc = app.extensions["bridge"]
-        svc.sender.stop(timeout=5)
+        svc.stop(timeout=5)
         svc.outbox.engine.dispose()
 
 
@@ -106,6 +106,17 @@ def postgres_url():
     values = dict(line.split("=", 1) for line in started.stdout.split())
     yield values["DATABASE_URL"]
     subprocess.run(["bash", str(script), "stop", values["PGTMP_DIR"]], capture_output=True)
+
+
+@pytest.fixture
+def pg_url(postgres_url):
+    """postgres_url with its tables dropped: each test starts on an empty database."""
+    from bridge.outbox import make_engine, metadata
+
+    engine = make_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    metadata.drop_all(engine)
+    engine.dispose()
+    return postgres_url
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 from werkzeug import Response
 
-from bridge import chatops
+from bridge import commands
 from tests.amserver import alertmanager  # noqa: F401
 from tests.smtpd import free_port
 from tests.wechat_kit import WECHAT_ENV, message, post, reply_text
@@ -40,18 +40,18 @@ def chat(make_app):
     ("/unsilence abc", ("unsilence", ("abc",))),
 ])
 def test_commands(text, expected):
-    command = chatops.parse_command(text)
+    command = commands.parse_command(text)
     assert (command.name, command.args) == expected
 
 
 @pytest.mark.parametrize("text", ["help", "status please", "/::)", "/::) /help", "/etc/hosts is wrong",
                                   "please /help", "/helpme", "", "／help"])
 def test_ordinary_text_is_never_a_command(text):
-    assert chatops.parse_command(text) is None
+    assert commands.parse_command(text) is None
 
 
 def test_silence_syntax():
-    s = chatops.parse_silence(("DiskFull", "instance=~web-.*", "job!=node", "1h30m", "noisy", "disk"))
+    s = commands.parse_silence(("DiskFull", "instance=~web-.*", "job!=node", "1h30m", "noisy", "disk"))
     assert s.seconds == 5400 and s.comment == "noisy disk"
     assert s.matchers == (
         {"name": "alertname", "value": "DiskFull", "isRegex": False, "isEqual": True},
@@ -59,8 +59,8 @@ def test_silence_syntax():
         {"name": "job", "value": "node", "isRegex": False, "isEqual": False},
     )
     for bad in ((), ("DiskFull",), ("2h",), ("DiskFull", "soon"), ("DiskFull", "31d")):
-        with pytest.raises(chatops.CommandError):
-            chatops.parse_silence(bad)
+        with pytest.raises(commands.CommandError):
+            commands.parse_silence(bad)
 
 
 # -- through the endpoint

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from email.headerregistry import HeaderRegistry
 from email.policy import EmailPolicy
 from email.utils import formatdate, getaddresses
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from bridge.render import one_line
 
@@ -96,12 +96,13 @@ def compose(row: Any, attachments: Iterable[tuple[str, str, bytes]] = ()) -> Ema
     msg["To"] = ", ".join(_addresses(row.mail_to))
     msg["Date"] = formatdate(row.created_at, localtime=False, usegmt=True)
     set_header(msg, "Message-ID", row.message_id)
+    extra: dict[str, str] = json.loads(row.headers or "{}")
     if row.in_reply_to:
         set_header(msg, "In-Reply-To", row.in_reply_to)
-        set_header(msg, "References", row.in_reply_to)
+        # A confirmation of a reply carries the whole chain; other mails hang off one id.
+        set_header(msg, "References", extra.pop("References", row.in_reply_to))
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
-    extra: Mapping[str, str] = json.loads(row.headers or "{}")
     for name, value in extra.items():
         if name.replace("-", "").isalnum():
             set_header(msg, name, value)

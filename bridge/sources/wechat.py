@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import defusedxml
 from defusedxml.ElementTree import fromstring
 
+from bridge.actions.wechat import target as reply_target
 from bridge.settings import EnvReader, SettingsError
 from bridge.events import Answer, Event, Rejected, matches_any
 from bridge.sources import wechat_crypto as crypto
@@ -333,9 +334,9 @@ def events_for(msg: Inbound, config: Config) -> list[Event]:
     key = dedup_key(msg)
     what = msg.get("Event").strip()[:64] if msg_type == "event" else msg_type
     return [Event(source=NAME, kind=f"wechat:{what}", dedup_key=key, template=template, context=_context(msg, config),
-                  thread_key=f"wechat:{openid}",
+                  thread_key=f"wechat:{openid}", headers={"X-WeChat-OpenID": openid},
                   attachments=_image_attachments(msg) if msg_type == "image" else (),
-                  delivery_id=key.split(":", 2)[2])]
+                  delivery_id=key.split(":", 2)[2], reply_target=reply_target(openid))]
 
 
 def command_record(msg: Inbound, config: Config, command: str) -> Event:

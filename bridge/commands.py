@@ -1,10 +1,12 @@
-"""Chat-ops over WeChat: `/help`, `/status`, `/alerts`, `/silence …`, `/unsilence <id>`.
+"""The commands, one layer for two channels: WeChat chat-ops and mail replies.
 
-A command is a message whose first word is `/` + a known command name, so ordinary text
-(including WeChat emoticon codes such as `/::)` or a path like `/etc/hosts`) is never one.
-Replies must fit WeChat's 5 s budget: every Alertmanager call has a short timeout, and the
-whole command runs under a hard deadline; past it the user gets a "not reachable" answer.
-Parsing is pure; `run` does the I/O (outbox reads, Alertmanager API v2 over `requests`).
+WeChat: `/help`, `/status`, `/alerts`, `/silence …`, `/unsilence <id>` — a message whose first
+word is `/` + a known command name, so ordinary text (WeChat emoticon codes such as `/::)`, a
+path like `/etc/hosts`) is never one. Answers must fit WeChat's 5 s budget: every Alertmanager
+call has a short timeout, and the whole command runs under a hard deadline.
+Mail: the first line of a reply to an alert mail, `silence <duration> [comment]` or
+`unsilence`; the matchers are the alert group's, and the action runner does the I/O later.
+Parsing is pure; the Alertmanager calls are bridge/actions/alertmanager.py, for both.
 """
 from __future__ import annotations
 
@@ -12,21 +14,20 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import datetime
+from typing import Any, Callable, Mapping
 
 import requests
 import sqlalchemy as sa
 
+from bridge.actions import Done, Later, alertmanager
+from bridge.events import parse_duration
 from bridge.outbox import DEAD, QUEUED, RETRYING, SENDING, SENT, outbox
 
 COMMANDS = ("help", "status", "alerts", "silence", "unsilence")
-DURATION = re.compile(r"(?:\d+[smhdw])+")
-DURATION_PART = re.compile(r"(\d+)([smhdw])")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAIL_COMMANDS = ("silence", "unsilence")
 MAX_SILENCE = 30 * 86400
 MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(=~|!~|!=|=)(.*)")
-ALERTS_SHOWN = 8
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bridge-chatops")
 
 
@@ -60,12 +61,6 @@ def parse_command(text: str) -> Command | None:
     return Command(name, tuple(words[1:])) if name in COMMANDS else None
 
 
-def parse_duration(word: str) -> int | None:
-    if not DURATION.fullmatch(word):
-        return None
-    return sum(int(n) * UNIT_SECONDS[unit] for n, unit in DURATION_PART.findall(word))
-
-
 def _matcher(word: str) -> dict[str, Any]:
     found = MATCHER.fullmatch(word)
     if not found:  # a bare word names the alert
@@ -86,56 +81,60 @@ def parse_silence(args: tuple[str, ...]) -> Silence:
     return Silence(tuple(_matcher(word) for word in args[:at]), seconds, " ".join(args[at + 1:]))
 
 
-# -- the I/O
+def parse_mail_command(text: str) -> Command | None:
+    """The first non-empty line of a reply: `silence 2h [comment]` or `unsilence` (a leading
+    `/`, as in WeChat, is fine); None for anything else."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    words = first.split()
+    if not words or words[0].lstrip("/").lower() not in MAIL_COMMANDS:
+        return None
+    name = words[0].lstrip("/").lower()
+    if name == "silence" and (len(words) < 2 or not parse_duration(words[1])):
+        return None
+    return Command(name, tuple(words[1:]))
 
-def _am_call(method: str, url: str, timeout: float, **kwargs) -> requests.Response:
-    try:
-        response = requests.request(method, url, timeout=(min(1.0, timeout), timeout), **kwargs)
-    except requests.RequestException as exc:
-        raise Unreachable(type(exc).__name__) from None
-    # Alertmanager answers an unknown silence id with 500 "silence not found": the user's error.
-    if response.status_code >= 500 and "not found" not in response.text[:200]:
-        raise Unreachable(f"HTTP {response.status_code}")
-    return response
+
+def plan_alert_reply(text: str, target: Mapping[str, Any], max_seconds: int) -> dict[str, Any]:
+    """What a reply to an alert group's mail asks for: a silence on the group, the end of this
+    thread's silences, or (anything else) the help text."""
+    command = parse_mail_command(text)
+    if command is None:
+        return {**target, "op": "help"}
+    if command.name == "unsilence":
+        return {**target, "op": "unsilence"}
+    asked = parse_duration(command.args[0])
+    return {**target, "op": "silence", "seconds": min(asked, max_seconds), "asked_seconds": asked,
+            "comment": " ".join(command.args[1:])}
+
+
+# -- the I/O (chat commands: answered at once, within WeChat's budget)
+
+def _done(outcome) -> dict[str, Any]:
+    if isinstance(outcome, Later):
+        raise Unreachable(outcome.error)
+    if not isinstance(outcome, Done):
+        raise CommandError(outcome.error)
+    return dict(outcome.result)
 
 
 def _alerts(config, **_) -> dict[str, Any]:
-    response = _am_call("GET", f"{config.alertmanager_url}/api/v2/alerts", config.alertmanager_timeout,
-                        params={"active": "true", "silenced": "false", "inhibited": "false"})
-    try:
-        alerts = response.json()
-        labels = [a.get("labels", {}) for a in alerts]
-    except (ValueError, AttributeError, TypeError):
-        raise Unreachable("the answer is not an alert list") from None
-    return {"count": len(labels), "alerts": labels[:ALERTS_SHOWN], "more": max(0, len(labels) - ALERTS_SHOWN)}
+    return _done(alertmanager.list_alerts(requests, config.alertmanager_url, config.alertmanager_timeout))
 
 
 def _silence(config, command: Command, sender: str, **_) -> dict[str, Any]:
     silence = parse_silence(command.args)
-    now = datetime.now(timezone.utc)
-    doc = {"matchers": list(silence.matchers), "createdBy": sender,
-           "comment": silence.comment or f"silenced from WeChat by {sender}",
-           "startsAt": now.isoformat(), "endsAt": (now + timedelta(seconds=silence.seconds)).isoformat()}
-    response = _am_call("POST", f"{config.alertmanager_url}/api/v2/silences", config.alertmanager_timeout,
-                        json=doc)
-    if response.status_code >= 400:
-        raise CommandError(f"Alertmanager refused the silence: {response.text.strip()[:200]}")
-    try:
-        silence_id = response.json()["silenceID"]
-    except (ValueError, KeyError, TypeError):
-        raise Unreachable("the answer has no silenceID") from None
-    return {"id": silence_id, "matchers": silence.matchers, "until": doc["endsAt"][:16] + "Z"}
+    result = _done(alertmanager.create_silence(
+        requests, config.alertmanager_url, config.alertmanager_timeout, list(silence.matchers),
+        silence.seconds, sender, silence.comment or f"silenced from WeChat by {sender}"))
+    until = datetime.fromtimestamp(result["ends_at"], config.timezone).strftime("%Y-%m-%d %H:%M %Z")
+    return {"id": result["id"], "matchers": silence.matchers, "until": until}
 
 
 def _unsilence(config, command: Command, **_) -> dict[str, Any]:
     if len(command.args) != 1 or not re.fullmatch(r"[0-9a-fA-F-]{8,64}", command.args[0]):
         raise CommandError("用法 usage: /unsilence <silence id>")
-    silence_id = command.args[0]
-    response = _am_call("DELETE", f"{config.alertmanager_url}/api/v2/silence/{silence_id}",
-                        config.alertmanager_timeout)
-    if response.status_code >= 400:
-        raise CommandError(f"no silence {silence_id} (HTTP {response.status_code})")
-    return {"id": silence_id}
+    return _done(alertmanager.expire_silence(requests, config.alertmanager_url,
+                                             config.alertmanager_timeout, command.args[0]))
 
 
 def _status(config, services, **_) -> dict[str, Any]:
