@@ -86,7 +86,8 @@ def way_back(make_app, smtp_server, cafile, dovecot, httpserver, tmp_path):  # n
         {"errcode": 0, "errmsg": "ok"})
 
     def make(**env):
-        app = make_app(**smtp_server.env(cafile), IMAP_URL=dovecot.url(), MAIL_TO=REPLIER,
+        env.setdefault("IMAP_URL", dovecot.url())
+        app = make_app(**smtp_server.env(cafile), MAIL_TO=REPLIER,
                        GITHUB_TOKEN=GH_TOKEN, GITHUB_API_URL=httpserver.url_for("/api/v3"),
                        WECHAT_TOKEN=WECHAT_TOKEN, WECHAT_APPID="wxappid0001", WECHAT_APPSECRET="wx-secret",
                        WECHAT_API_URL=httpserver.url_for("/").rstrip("/"), BRIDGE_TIMEZONE="Asia/Shanghai",
@@ -95,14 +96,21 @@ def way_back(make_app, smtp_server, cafile, dovecot, httpserver, tmp_path):  # n
     return make
 
 
+def github_api(httpserver, number: int, first: tuple[dict, int] | None = None) -> str:
+    """GitHub's comment endpoint for issue `number`: 201 with GH_COMMENT, after `first` once."""
+    path = f"/api/v3/repos/acme/widgets/issues/{number}/comments"
+    if first:
+        httpserver.expect_oneshot_request(path, method="POST").respond_with_json(first[0], status=first[1])
+    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    return path
+
+
 def calls(httpserver, path: str) -> list:
     return [req for req, _ in httpserver.log if req.path == path]
 
 
 def test_github_reply_becomes_one_comment_and_a_confirmation(way_back, httpserver):
-    path = "/api/v3/repos/acme/widgets/issues/7/comments"
-    httpserver.expect_oneshot_request(path, method="POST").respond_with_json({"message": "Server Error"}, status=502)
-    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    path = github_api(httpserver, 7, first=({"message": "Server Error"}, 502))
     wb = way_back(RETRY_BASE_SECONDS="0")
     wb.github(7)
     (mail,) = wb.send(1)
@@ -220,8 +228,7 @@ def test_reply_to_action_latency(way_back, httpserver, monkeypatch, mode):
     from bridge.mail.imap import Mailbox
     if mode == "polling":  # Dovecot always offers IDLE: this reader behaves as if it did not
         monkeypatch.setattr(Mailbox, "can_idle", False)
-    path = "/api/v3/repos/acme/widgets/issues/11/comments"
-    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    path = github_api(httpserver, 11)
     wb = way_back(IMAP_POLL_SECONDS="2")
     wb.github(11)
     (mail,) = wb.send(1)
@@ -240,9 +247,7 @@ def test_reply_to_action_latency(way_back, httpserver, monkeypatch, mode):
 
 
 def test_a_refused_action_is_explained_shown_and_retried(way_back, httpserver):
-    path = "/api/v3/repos/acme/widgets/issues/12/comments"
-    httpserver.expect_oneshot_request(path, method="POST").respond_with_json({"message": "Not Found"}, status=404)
-    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    path = github_api(httpserver, 12, first=({"message": "Not Found"}, 404))
     wb = way_back(ADMIN_TOKEN="admin-tok")
     wb.github(12)
     (mail,) = wb.send(1)
@@ -264,3 +269,30 @@ def test_a_refused_action_is_explained_shown_and_retried(way_back, httpserver):
     assert GH_COMMENT["html_url"] in wb.send(3)[-1].get_body(("plain",)).get_content()
     listing = wb.client.get("/deliveries/replies", headers=auth).get_data(as_text=True)
     assert "oncall@example.com" in listing and "done" in listing
+
+
+@pytest.mark.parametrize("scheme", ["imap+starttls", "imap"])
+def test_starttls_and_plain_imap(way_back, dovecot, scheme):  # noqa: F811
+    """Besides implicit TLS (every test above): STARTTLS on the plain port, certificate checked
+    against SSL_CERT_FILE, and plain IMAP."""
+    wb = way_back(IMAP_URL=dovecot.url(scheme))
+    wb.github(13)
+    (mail,) = wb.send(1)
+    wb.imap.deliver(reply(mail, "over " + scheme))
+    assert wb.svc.inbox.once() == 1
+    (stored,) = wb.svc.replies.recent()
+    assert stored.text == "over " + scheme and stored.status == "queued"
+
+
+def test_a_lost_mailbox_is_retried_with_a_growing_pause(make_app, caplog):
+    from tests.smtpd import free_port
+    app = make_app(IMAP_URL=f"imaps://u%40x.com:p@127.0.0.1:{free_port()}/INBOX")
+    inbox = app.extensions["bridge"].inbox
+    inbox.start()
+    try:
+        assert wait_until(lambda: len([r for r in caplog.records if "event=inbox_error" in r.getMessage()]) >= 2, 8)
+    finally:
+        inbox.stop(timeout=5)
+    pauses = [r.getMessage().split("retry_in=")[1].split()[0] for r in caplog.records
+              if "event=inbox_error" in r.getMessage()]
+    assert pauses[:2] == ["1.0", "2.0"] and "ConnectionRefusedError" in caplog.text
