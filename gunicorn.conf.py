@@ -1,6 +1,7 @@
 """gunicorn settings for the Procfile's web process (Heroku-style: PORT, WEB_CONCURRENCY)."""
 import glob
 import os
+import resource
 
 # Prometheus multiprocess mode: every worker (and the Procfile's `worker` process, which the
 # Procfile points at the same folder) writes its counters here and /metrics adds them up.
@@ -9,14 +10,22 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.abspath(os.path.join("
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-# Threads mostly wait on the database; more of them keep /healthz answered under load.
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# gevent: a connection is a greenlet (a few KB), not a thread, so clients that send slowly or
+# not at all wait without taking anything another client needs; the app's threads (senders,
+# group commit) become greenlets too, and the database drivers cooperate (psycopg 3 notices the
+# monkey-patching; SQLite calls are short and its lock waits sleep). GUNICORN_WORKER_CLASS=gthread
+# brings back the threaded worker (bench/frontdoor.py compares the two).
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("GUNICORN_CONNECTIONS", "5000"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))  # gthread only
 # Heroku sends SIGTERM and waits 30 s; the sender needs part of that to finish a message.
 graceful_timeout = 25
 timeout = 30
-# Longer than gunicorn's 2 s default: a client that pauses ~2 s and reuses its pooled connection
-# would otherwise race the server's close and see "connection aborted" instead of an answer.
+# How long a client may take to send a request's line and headers, and how long a connection
+# may sit idle between requests (the gevent worker applies it to both): a slow or silent client
+# is closed after that. Longer than gunicorn's 2 s default: a client that pauses ~2 s and
+# reuses its pooled connection would otherwise race the server's close and see "connection
+# aborted". A body has its own limit (bridge/bodies.py, BODY_SECONDS).
 keepalive = 10
 accesslog = None
 forwarded_allow_ips = "*"
@@ -31,6 +40,11 @@ def worker_exit(server, worker):
 
 
 def on_starting(server):
+    # Each open connection is a file descriptor: allow as many as the hard limit lets us.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = worker_connections * workers + 256
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
     # Counter files of processes that are gone are an earlier run's: start this one from zero.
     # Files of live processes (a `worker` started first) stay.
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*_*.db")):

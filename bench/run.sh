@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other, each printing its ratios against baselines measured in
-# the same run (`make bench`). Loopback only; about 6 minutes on 2 cores. Results are also
+# the same run (`make bench`). Loopback only; about 10 minutes on 2 cores. Results are also
 # appended to var/bench/results.jsonl. Options for one benchmark: python -m bench.<name> --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +25,5 @@ echo "bench: $(date -u +%FT%TZ) on $(nproc) cores, $(git rev-parse --short HEAD 
 "$PY" -m bench.workers 2> >(grep -v ' INFO ' >&2)
 "$PY" -m bench.wechat_latency 2> >(grep -v ' INFO ' >&2)
 "$PY" -m bench.memory 2> >(grep -v ' INFO ' >&2)
+"$PY" -m bench.storm 2> >(grep -v ' INFO ' >&2)
 echo "bench: done; results in var/bench/results.jsonl"

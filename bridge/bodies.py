@@ -16,12 +16,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
-import sys
 import tempfile
 import threading
 import time
 from typing import BinaryIO, Iterator, Mapping, Protocol
 
+from bridge.cooperative import deadline
 from bridge.events import Rejected, header
 
 CHUNK = 64 * 1024
@@ -111,7 +111,7 @@ def received(stream: BinaryIO, length: int | None, limit: int, check: BodyCheck 
     try:
         with (tempfile.SpooledTemporaryFile(max_size=SPOOL_ABOVE) if in_memory else tempfile.TemporaryFile()) as spool:
             size = 0
-            with _deadline(BODY_SECONDS):
+            with deadline(BODY_SECONDS, Rejected(408, f"the body took longer than {BODY_SECONDS:.0f} s to arrive")):
                 while chunk := stream.read(CHUNK):
                     size += len(chunk)
                     if size > limit:
@@ -142,13 +142,3 @@ def too_big(length: int | None, limit: int) -> None:
     """413 on the announced length alone, before a byte of the body is read."""
     if length is not None and length > limit:
         raise Rejected(413, f"body is larger than {limit} bytes")
-
-
-def _deadline(seconds: float):
-    """A limit on how long the body may take, where the server can enforce one: under gevent a
-    Timeout interrupts a read that waits; a threaded server has no such means (nullcontext)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("socket"):
-        import gevent
-        return gevent.Timeout(seconds, Rejected(408, f"the body took longer than {seconds:.0f} s to arrive"))
-    return contextlib.nullcontext()

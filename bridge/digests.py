@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import logging
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -122,12 +122,19 @@ class Digester:
     def __init__(self, outbox, pacer, renderer, settings):
         self.outbox, self.pacer, self.renderer, self.settings = outbox, pacer, renderer, settings
         self._looked = 0.0
+        self._lock = threading.Lock()
 
     def maybe_combine(self) -> int:
-        """Build the digests the queue calls for now; returns how many were stored."""
-        if self.settings.digest_max < 2 or time.monotonic() - self._looked < CHECK_EVERY:
-            return 0
-        self._looked = time.monotonic()
+        """Build the digests the queue calls for now; returns how many were stored. A sender
+        thread asks before it claims; the others wait meanwhile, so none of them claims alone
+        a row the digest is about to carry."""
+        with self._lock:
+            if self.settings.digest_max < 2 or time.monotonic() - self._looked < CHECK_EVERY:
+                return 0
+            self._looked = time.monotonic()
+            return self._combine_all()
+
+    def _combine_all(self) -> int:
         capacity = self.pacer.capacity(self.settings.digest_after)
         if capacity is None:
             return 0
@@ -138,18 +145,17 @@ class Digester:
         return made
 
     def combine(self, mail_to: str) -> int:
-        rows = self.outbox.waiting_rows(mail_to)
-        made = 0
+        made = self.outbox.combine(mail_to, self.digests)
+        for digest_id, events in made:
+            log_line("digest", outbox_id=digest_id, events=events, mail_to=mail_to)
+        return len(made)
+
+    def digests(self, rows) -> list[tuple[list[int], NewMail]]:
+        """Waiting rows → [(carried ids, the digest mail)], rendered from the digest templates."""
+        out = []
         for group in plan(rows, self.settings.digest_max):
-            context = digest_context(group, self.settings.timezone)
             event = Event(source=group.rows[0].source, kind="digest", dedup_key="", template="digest/digest",
-                          context=context)
+                          context=digest_context(group, self.settings.timezone))
             mail = digest_mail(group, self.renderer.render(event), mail_domain(group.rows[0].mail_from))
-            digest_id = self.outbox.store_digest([r.id for r in group.rows], mail)
-            if digest_id is None:
-                log_line("digest_skipped", logging.INFO, reason="a sender took one of its rows meanwhile")
-                continue
-            made += 1
-            log_line("digest", outbox_id=digest_id, events=len(group.rows), source=mail.source,
-                     thread=bool(group.thread), mail_to=mail_to)
-        return made
+            out.append(([r.id for r in group.rows], mail))
+        return out

@@ -20,7 +20,7 @@ from flask import (Blueprint, Flask, Response, current_app, flash, jsonify, redi
 from jinja2 import select_autoescape
 
 from bridge.logs import log_line
-from bridge.outbox import DEAD, DUPLICATE, STATUSES
+from bridge.outbox import DEAD, DUPLICATE, QUEUED, RETRYING, SENDING, STATUSES
 from bridge.events import bearer_token, same_secret
 
 bp = Blueprint("ops", __name__)
@@ -205,16 +205,44 @@ def pretty_payload(record: dict | None) -> tuple[str, bool]:
     return shown[:PAYLOAD_SHOWN], capped
 
 
+CHART_HOURS, CHART_BUCKETS = 24, 96
+CHART_SERIES = (("in", "events in"), ("out", "mails out"), ("digests", "digests"), ("refused", "provider refusals"))
+
+
+def chart(activity: dict[str, list[int]], width: int = 960, height: int = 100) -> dict:
+    """The last day's activity as SVG polylines on one scale (drawn by the template)."""
+    top = max([1] + [n for counts in activity.values() for n in counts])
+    step = width / max(1, CHART_BUCKETS - 1)
+    lines = [{"key": key, "label": label, "total": sum(activity[key]),
+              "points": " ".join(f"{i * step:.1f},{height - n * height / top:.1f}"
+                                 for i, n in enumerate(activity[key]))}
+             for key, label in CHART_SERIES]
+    return {"lines": lines, "top": top, "width": width, "height": height,
+            "minutes": CHART_HOURS * 60 // CHART_BUCKETS}
+
+
+@bp.app_template_filter("pause_time")
+def pause_time(timestamp: float) -> str:
+    """`20:14` today, `2026-06-02 00:00` another day, in BRIDGE_TIMEZONE, with the zone."""
+    zone = _services().settings.timezone
+    when = dt.datetime.fromtimestamp(timestamp, zone)
+    same_day = when.date() == dt.datetime.now(zone).date()
+    return when.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M") + f" {zone.key}"
+
+
 @bp.get("/deliveries")
 def deliveries():
     filters, page = _filters(), _page()
     rows, more = _list(filters, page)
-    outbox = _services().outbox
+    svc = _services()
+    outbox, counts = svc.outbox, svc.outbox.counts()
+    activity = outbox.activity(time.time() - CHART_HOURS * 3600, CHART_HOURS * 3600 / CHART_BUCKETS, CHART_BUCKETS)
     return render_template("ops/list.html.j2", rows=rows, more=more, page=page, filters=filters,
                            replies_of=_replies_by_mail([row.id for row in rows]),
                            sources=outbox.sources(), statuses=FILTER_STATUSES,
-                           counts=outbox.counts(), timezone=_services().settings.timezone,
-                           retention=_services().retention)
+                           counts=counts, timezone=svc.settings.timezone, pause=svc.pacer.state(),
+                           waiting=sum(counts.get(s, 0) for s in (QUEUED, RETRYING, SENDING)),
+                           chart=chart(activity), retention=svc.retention)
 
 
 @bp.get("/deliveries/<int:row_id>")
@@ -226,6 +254,7 @@ def delivery(row_id: int):
     payload, capped = pretty_payload(record)
     return render_template("ops/detail.html.j2", row=row, record=record, payload=payload,
                            capped=capped, attempts=_services().outbox.attempts_of(row_id),
+                           carried=_services().outbox.carried(row_id) if row.digest_of else [],
                            replies=_replies_by_mail([row_id]).get(row_id, []))
 
 
@@ -333,7 +362,8 @@ def summary(row) -> dict:
             "recipients": [a.strip() for a in row.mail_to.split(",") if a.strip()],
             "status": row.status, "attempts": row.attempts, "duplicates": row.duplicates,
             "route": row.route, "delivery_id": row.delivery_id, "message_id": row.message_id,
-            "last_error": row.last_error, "hint": row.hint, "sent_at": _iso(row.sent_at)}
+            "last_error": row.last_error, "hint": row.hint, "sent_at": _iso(row.sent_at),
+            "digest_id": row.digest_id, "digest_of": json.loads(row.digest_of) if row.digest_of else None}
 
 
 @bp.get("/api/deliveries")

@@ -26,14 +26,16 @@ from typing import Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
+from bridge.cooperative import offload
+
 QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED = "queued", "sending", "sent", "retrying", "dead", "ignored"
 DIGESTED = "digested"    # carried by a digest row (`digest_id`), which mails it with others
 STATUSES = (QUEUED, SENDING, SENT, RETRYING, DEAD, IGNORED, DIGESTED)
 WAITING = (QUEUED, RETRYING)
 LIMITED = "limited"      # an attempt's outcome: the provider refused for its limits, not the mail
 DUPLICATE = "duplicate"  # not a row status: a row whose event came again (`duplicates` > 0)
-# Rows retention deletes after RETAIN_DAYS ("digested": an event mailed inside a digest).
-DONE = (SENT, IGNORED, "digested")
+# Rows retention deletes after RETAIN_DAYS.
+DONE = (SENT, IGNORED, DIGESTED)
 
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 SCHEMA_WAIT = 120.0  # seconds a starting process waits for a database another one holds
@@ -179,10 +181,6 @@ class Failure:
     limit: str | None = None     # the provider's limit on the account (bridge.mail.limits), not the mail's fault
 
 
-class _Abandon(Exception):
-    """Raised inside a transaction to roll it back."""
-
-
 class GroupCommitter:
     """Runs `store(batch)` on one thread for whatever callers are waiting, so a burst of
     requests shares one transaction. A failed transaction fails every caller in it: none of
@@ -262,11 +260,13 @@ def _set_synchronous(connection, level: str) -> None:
 def _setup_lock(path: str | None):
     """One process at a time sets up a SQLite file (WAL, auto_vacuum, tables): several workers
     starting on a fresh database would otherwise race SQLite's lock and one would die with
-    `database is locked`. flock on the file itself: SQLite's own (fcntl) locks do not see it."""
+    `database is locked`. The lock is a file of its own beside the database: opening and
+    closing the database file itself would drop the POSIX locks SQLite holds on it in this
+    process, which corrupts the database."""
     if not path or path == ":memory:":
         yield
         return
-    with open(path, "ab") as fh:
+    with open(f"{path}-setup.lock", "ab") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -300,6 +300,12 @@ def _sqlite_engine(url: str) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn):
         _begin_immediate(conn.connection.dbapi_connection)
+
+    @sa.event.listens_for(engine, "commit")
+    def _on_commit(conn):
+        # COMMIT here (the DB-API commit() that follows finds nothing left to do): under gevent
+        # its fsync runs in a native thread, so only this caller waits, not the whole process.
+        offload(conn.connection.dbapi_connection.execute, "COMMIT")
 
     return engine
 
@@ -581,32 +587,25 @@ class Outbox:
                                 .where(self._DIGESTIBLE).group_by(outbox.c.mail_to))
             return {mail_to: n for mail_to, n in rows}
 
-    def waiting_rows(self, mail_to: str) -> list[Row]:
-        """The mails a digest may carry for one recipient list, in arrival order."""
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(outbox).where(self._DIGESTIBLE, outbox.c.mail_to == mail_to)
-                                .order_by(outbox.c.id)).all()
-
-    def store_digest(self, carried: list[int], digest: NewMail) -> int | None:
-        """Store a digest and mark what it carries, in one transaction: a crash leaves either
-        the rows waiting alone or one digest row that carries them, never both, never neither.
-        None (and nothing stored) when a sender took one of the rows meanwhile."""
+    def combine(self, mail_to: str, make_digests) -> list[tuple[int, int]]:
+        """Digest what waits for one recipient list, in one transaction: `make_digests(rows)`
+        (the waiting rows, arrival order) returns [(carried ids, NewMail)]; each digest is
+        stored and the rows it carries marked `digested`. The rows are locked meanwhile, so no
+        sender claims one of them; a crash leaves either the rows waiting alone or the digest
+        that carries them, never both, never neither. Returns [(digest id, events)]."""
         now = time.time()
-        try:
-            with self._writing() as conn:
-                stored = self._store_one(conn, digest, now)
-                if stored.status != "accepted":
-                    raise _Abandon
+        made = []
+        with self._writing() as conn:
+            rows = conn.execute(sa.select(outbox).where(self._DIGESTIBLE, outbox.c.mail_to == mail_to)
+                                .order_by(outbox.c.id).with_for_update(skip_locked=True)).all()
+            for carried, mail in make_digests(rows):
+                stored = self._store_one(conn, mail, now)
                 conn.execute(outbox.update().where(outbox.c.id == stored.id)
                              .values(digest_of=json.dumps(carried)))
-                taken = conn.execute(
-                    outbox.update().where(outbox.c.id.in_(carried), self._DIGESTIBLE)
-                    .values(status=DIGESTED, digest_id=stored.id, updated_at=now)).rowcount
-                if taken != len(carried):
-                    raise _Abandon
-        except _Abandon:  # rolled back
-            return None
-        return stored.id
+                conn.execute(outbox.update().where(outbox.c.id.in_(carried))
+                             .values(status=DIGESTED, digest_id=stored.id, updated_at=now))
+                made.append((stored.id, len(carried)))
+        return made
 
     def carried(self, digest_id: int) -> list[Row]:
         """The events a digest row carries, in arrival order (bodies left out)."""
@@ -667,6 +666,20 @@ class Outbox:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(outbox.c.source).distinct()
                                      .order_by(outbox.c.source)).scalars())
+
+    def activity(self, since: float, bucket: float, buckets: int) -> dict[str, list[int]]:
+        """Counts per time bucket from `since`: events in, mails out, digests out, and the
+        provider's limit refusals (the deliveries page's chart)."""
+        def per_bucket(conn, column, *where) -> list[int]:
+            sums = [sa.func.sum(sa.case((sa.and_(column >= since + i * bucket, column < since + (i + 1) * bucket),
+                                         1), else_=0)) for i in range(buckets)]
+            return [int(v or 0) for v in conn.execute(sa.select(*sums).where(column >= since, *where)).one()]
+
+        with self.engine.connect() as conn:
+            return {"in": per_bucket(conn, outbox.c.created_at, outbox.c.digest_of.is_(None)),
+                    "out": per_bucket(conn, outbox.c.sent_at),
+                    "digests": per_bucket(conn, outbox.c.sent_at, outbox.c.digest_of.is_not(None)),
+                    "refused": per_bucket(conn, attempts.c.at, attempts.c.outcome == LIMITED)}
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bridge.logs import log_line
 from bridge.mail.limits import CONNECTIONS, QUOTA, Window, cooldown, learned_window, next_day, provider
 from bridge.outbox import BigId, Outbox, metadata
+from bridge.outbox import outbox as outbox_rows
 from bridge.settings import SmtpSettings
 
 accounts = sa.Table(
@@ -171,7 +172,15 @@ class Pacer:
             return (wait, 0) if wait > 0 else (0.0, min(self._tokens_left(conn, row, now).values()))
 
     def reserve(self) -> Ticket | float:
-        """Take a token for one mail (atomically, across processes), or say how long to wait."""
+        """Take a token for one mail (atomically, across processes), or say how long to wait.
+        With no budget and no probe due, a read is enough: there is no token to take."""
+        with self.outbox.engine.connect() as conn:
+            row = self._row(conn)
+        now = time.time()
+        if row.paused_until and row.paused_until > now:
+            return row.paused_until - now
+        if not row.probe and not self.windows(row):
+            return Ticket(None)
         with self.outbox._writing(durable=False) as conn:
             row = self._row(conn, lock=True)
             now = time.time()
@@ -232,7 +241,9 @@ class Pacer:
             until = max(until, next_day(now, self.day_zone))
         learned = {}
         if kind != QUOTA:  # what got through just before is more than the account may send
-            taught = learned_window(self._used(conn, now - ladder[0]), ladder[0])
+            got_through = conn.execute(sa.select(sa.func.count()).select_from(outbox_rows)
+                                       .where(outbox_rows.c.sent_at > now - ladder[0])).scalar_one()
+            taught = learned_window(got_through, ladder[0])
             if not row.learned_count or taught.count / taught.seconds < row.learned_count / row.learned_seconds:
                 learned = {"learned_count": taught.count, "learned_seconds": taught.seconds}
         self._update(conn, paused_until=until, paused_at=now, pause_kind=kind, pause_answer=answer[:500],

@@ -109,6 +109,17 @@ def postgres_url():
 
 
 @pytest.fixture
+def pg_url(postgres_url):
+    """postgres_url with its tables dropped: each test starts on an empty database."""
+    from bridge.outbox import make_engine, metadata
+
+    engine = make_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    metadata.drop_all(engine)
+    engine.dispose()
+    return postgres_url
+
+
+@pytest.fixture
 def live_bridge(make_app):
     """A bridge on a real HTTP port with its sender running: make(**env) → base URL, app."""
     import threading

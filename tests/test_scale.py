@@ -6,26 +6,15 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
-from bridge.outbox import SENT, Outbox, make_engine, metadata
+from bridge.outbox import SENT, Outbox, make_engine
 from tests.procs import start_web, start_worker
 from tests.smtpd import SmtpServer
 from tests.util import wait_until
 
 EVENTS = 2000
 BATCH = 10
-
-
-@pytest.fixture
-def pg_url(postgres_url):
-    url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = make_engine(url)
-    metadata.drop_all(engine)
-    engine.dispose()
-    return postgres_url
-
 
 
 def test_two_webs_two_workers_kill_and_outage(tmp_path, pg_url, ca):

@@ -1,11 +1,11 @@
 """HTML mail body → plain text, without the quoted original (sans-I/O, stdlib parser only).
 
 Mail clients wrap what they quote in recognisable containers: <blockquote>, Gmail's
-div.gmail_quote, Thunderbird's div.moz-cite-prefix, QQ Mail's #isReplyContent / .qmbox and its
-signature #QQMailSignature. Those subtrees are dropped. Outlook puts its quoted original *after*
-a marker (#appendonsend, #divRplyFwdMsg) rather than inside it, so there the rest of the
-document is dropped. The parser never raises on broken markup: unclosed tags end at the end of
-the document, stray end tags are ignored.
+div.gmail_quote, Thunderbird's div.moz-cite-prefix, Yahoo's div.yahoo_quoted, 163's and QQ
+Mail's #isReplyContent, QQ Mail's .qmbox and its signature #QQMailSignature. Those subtrees are
+dropped. Outlook puts its quoted original *after* a marker (#appendonsend, #divRplyFwdMsg)
+rather than inside it, so there the rest of the document is dropped. The parser never raises
+on broken markup: unclosed tags end at the end of the document, stray end tags are ignored.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 _SKIP_TAGS = frozenset({"blockquote", "style", "script", "head", "title", "template",
                         "includetail"})
 _SKIP_CLASSES = frozenset({"gmail_quote", "gmail_extra", "gmail_signature", "moz-cite-prefix",
-                           "moz-signature", "qmbox"})
+                           "moz-signature", "qmbox", "yahoo_quoted", "protonmail_quote"})
 _SKIP_IDS = frozenset({"isreplycontent", "isforwardcontent", "qqmailsignature"})
 # Elements after which the rest of the document is the quoted original (Outlook).
 _STOP_IDS = frozenset({"appendonsend", "divrplyfwdmsg"})

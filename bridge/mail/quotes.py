@@ -21,7 +21,7 @@ import re
 
 _SPACE = re.compile(r"(?:&nbsp;|[\s\u3000\xa0])+")
 
-_SEPARATOR = re.compile(r"^(?:-{2,} ?(?:原始邮件|original(?: message)?|回复的原邮件) ?-{2,}"
+_SEPARATOR = re.compile(r"^(?:-{2,} ?(?:原始邮件|邮件原件|original(?: message)?|回复的原邮件) ?-{2,}"
                         r"|_{20,})$", re.IGNORECASE)
 # An attribution line: a date (a digit somewhere), a name, and "wrote:" / "写道：" at its end.
 _ATTRIBUTION = re.compile(r"^(?:"
@@ -96,7 +96,7 @@ def _quoted(line: str) -> bool:
 
 def _until_signature(lines: list[str]) -> list[str]:
     for i, line in enumerate(lines):
-        if _SIGNATURE.match(line.rstrip("\r")) or _MOBILE_FOOTER.match(_norm(line)):
+        if _SIGNATURE.match(line) or _MOBILE_FOOTER.match(_norm(line)):
             return lines[:i]
     return lines
 
@@ -109,13 +109,12 @@ def _tidy(lines: list[str]) -> str:
 def new_text(text: str) -> str:
     """The text the replier wrote, quote header, quote, signature and footer removed."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    start = _quote_start(lines)
-    if start is None:
-        return _tidy(_until_signature(lines))
-    first, after, attribution = start
-    while first and _RULE.match(_norm(lines[first - 1])):
-        first -= 1   # a bare rule above a header block belongs to the quote
-    above = _tidy(_until_signature(lines[:first]))
-    if above or not attribution:
-        return above
-    return new_text("\n".join(lines[after:]))   # bottom-posted below a ">" quote
+    while (start := _quote_start(lines)) is not None:
+        first, after, attribution = start
+        while first and _RULE.match(_norm(lines[first - 1])):
+            first -= 1   # a bare rule above a header block belongs to the quote
+        above = _tidy(_until_signature(lines[:first]))
+        if above or not attribution:
+            return above
+        lines = lines[after:]   # nothing above: bottom-posted, below a ">" quote
+    return _tidy(_until_signature(lines))

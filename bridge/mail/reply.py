@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
-from typing import Collection, Iterator
+from typing import Collection
 
 from bridge.mail.htmltext import html_to_text
 from bridge.mail.quotes import new_text
@@ -54,14 +54,19 @@ _CJK_CODECS = frozenset(_CHARSET_ALIASES.values())
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ANGLE_ID = re.compile(r"<[^<>\s]+>")
 _AUTO_SUBJECT = re.compile(
-    r"^(?:[\[【(（] ?)?(?:自动回复|自動回覆|自动答复|automatic reply|auto[- ]?reply|autoreply"
+    r"^(?:[\[【(（] ?)?(?:自动回复|自動回覆|自动答复|automatic reply|auto[- ]?reply|autoreply|auto ?:"
     r"|auto[- ]?response|out of (?:the )?office|undeliverable|undelivered mail"
     r"|delivery status notification|mail delivery failed|系统退信|退信)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _BOUNCE_SENDERS = re.compile(r"^(?:mailer-daemon|postmaster)@", re.IGNORECASE)
 _LOUD_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
 # A person's reply is short (a GitHub comment holds 65,536 characters, a WeChat text 2,048
 # bytes); reading no further keeps a huge or hostile mail from stalling the reader.
 MAX_HTML = 300_000
+# The stdlib parser recurses per nested multipart or message part, and slows down with the
+# square of the depth (RecursionError at about 1,000); a reply has a handful.
+MAX_CONTAINERS = 100
+_CONTAINER = re.compile(rb"content-type:\s*(?:multipart|message)/", re.IGNORECASE)
 MAX_TEXT = 100_000
 
 
@@ -72,7 +77,7 @@ def _codec(charset: str | None) -> str | None:
     name = charset.strip().strip('"\'').split("*")[0].lower()   # RFC 2231 charset*lang
     name = _CHARSET_ALIASES.get(name, name)
     try:
-        b"".decode(name)   # LookupError for unknown names and for bytes-to-bytes codecs
+        b"a".decode(name)   # LookupError for unknown names and bytes-to-bytes codecs (not b"")
     except (LookupError, ValueError):
         return None
     return name
@@ -94,7 +99,7 @@ def decode_bytes(data: bytes, charset: str | None = None) -> str:
 
 def _decode_word(encoding: str, payload: str) -> bytes | None:
     if encoding.lower() == "q":
-        return quopri.decodestring(payload.replace("_", " ").encode("ascii", "replace"), header=True)
+        return quopri.decodestring(payload.encode("ascii", "replace"), header=True)
     try:
         return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
     except (binascii.Error, ValueError):
@@ -130,16 +135,23 @@ def _raw_text(value: str) -> str:
 
 
 def _header(msg: Message, name: str) -> str:
-    """The first `name` header, unparsed (the parser's own decoding would give up on GBK)."""
+    """The first `name` header as text, RFC 2047 words not decoded; read from the raw header
+    because the parser's own decoding gives up on 8-bit GBK."""
     for key, value in msg.raw_items():
         if key.lower() == name.lower():
-            return str(value)
+            return _raw_text(str(value))
     return ""
 
 
 def _sender(msg: Message) -> str:
-    addresses = [addr for _, addr in getaddresses([_raw_text(_header(msg, "From"))]) if addr]
+    addresses = [addr for _, addr in getaddresses([_header(msg, "From")]) if addr]
     return addresses[0].strip().lower() if addresses else ""
+
+
+def _message_id(value: str) -> str:
+    """The <id> in a Message-ID header (a comment after it is not part of it), else the value."""
+    found = _ANGLE_ID.search(value)
+    return found.group(0) if found else one_line(value)
 
 
 def references(msg: Message) -> tuple[str, ...]:
@@ -159,7 +171,7 @@ def automatic(msg: Message, subject: str, sender: str) -> str | None:
     if auto_submitted and auto_submitted.split(";")[0].strip().lower() != "no":
         return f"automatic mail (Auto-Submitted: {auto_submitted})"
     for name in ("X-Autoreply", "X-Autorespond"):
-        if _header(msg, name):
+        if name.lower() in (key.lower() for key in msg.keys()):
             return f"automatic mail ({name}: {one_line(_header(msg, name))})"
     precedence = (one_line(_header(msg, "Precedence")).lower().split() or [""])[0]
     if precedence in _LOUD_PRECEDENCE:
@@ -174,14 +186,17 @@ def automatic(msg: Message, subject: str, sender: str) -> str | None:
     return None
 
 
-def _parts(msg: Message) -> Iterator[Message]:
-    """The leaf parts of the message itself (not of a forwarded message/rfc822 inside it)."""
-    if msg.is_multipart() and msg.get_content_maintype() == "multipart":
-        for part in msg.get_payload():
-            if isinstance(part, Message):
-                yield from _parts(part)
-    else:
-        yield msg
+def _parts(msg: Message) -> list[Message]:
+    """The leaf parts of the message itself (not of a forwarded message/rfc822 inside it), in
+    order; a loop, not recursion, however deep the nesting."""
+    leaves, todo = [], [msg]
+    while todo:
+        part = todo.pop()
+        if part.is_multipart() and part.get_content_maintype() == "multipart":
+            todo.extend(reversed([sub for sub in part.get_payload() if isinstance(sub, Message)]))
+        else:
+            leaves.append(part)
+    return leaves
 
 
 def _part_text(part: Message) -> str:
@@ -228,6 +243,11 @@ def body_text(msg: Message) -> str:
     return ""
 
 
+def _printable(text: str) -> str:
+    """Without control characters other than tab and newline (a NUL is text no database takes)."""
+    return _CONTROL.sub("", text)
+
+
 def _own(sender: str, own_addresses: Collection[str]) -> bool:
     if isinstance(own_addresses, str):
         own_addresses = [own_addresses]   # one address, not a collection of characters
@@ -237,16 +257,21 @@ def _own(sender: str, own_addresses: Collection[str]) -> bool:
 
 def read_reply(raw: bytes, own_addresses: Collection[str] = ()) -> Reply | Ignored:
     """Read one mail as a reply to the bridge; `own_addresses` are the bridge's From/Reply-To."""
+    if len(_CONTAINER.findall(raw)) > MAX_CONTAINERS:
+        return Ignored(f"unreadable mail (more than {MAX_CONTAINERS} multipart or message parts)")
     msg = email.message_from_bytes(raw)
-    message_id = one_line(_raw_text(_header(msg, "Message-ID")))
-    sender = _sender(msg)
-    subject = one_line(decode_header(_header(msg, "Subject")))
+    message_id = _printable(_message_id(_header(msg, "Message-ID")))
+    sender = _printable(_sender(msg))
+    subject = _printable(one_line(decode_header(_header(msg, "Subject"))))
     why = automatic(msg, subject, sender)
+    if why is None and not sender:
+        why = "no sender address (From)"
     if why is None and _own(sender, own_addresses):
         why = f"mail from the bridge's own address ({sender})"
-    refs = references(msg)
+    refs = tuple(_printable(ref) for ref in references(msg))
     if why is None and not refs:
         why = "not a reply (no In-Reply-To or References to match)"
     if why is not None:
-        return Ignored(why, message_id, sender)
-    return Reply(message_id, sender, subject, new_text(body_text(msg)[:MAX_TEXT]), refs)
+        return Ignored(_printable(why), message_id, sender)
+    text = _printable(new_text(body_text(msg)[:MAX_TEXT]))
+    return Reply(message_id, sender, subject, text, refs)
