@@ -58,8 +58,10 @@ class WayBack:
         return read
 
 
-def reply(parent, text: str, sender: str = REPLIER, html: str | None = None, **headers) -> bytes:
-    """A Gmail-style reply: Re: subject, In-Reply-To / References, 'On … wrote:' and quotes."""
+def reply(parent, text: str, sender: str = REPLIER, html: str | None = None, charset: str = "utf-8",
+          **headers) -> bytes:
+    """A Gmail-style reply: Re: subject, In-Reply-To / References, 'On … wrote:' and quotes
+    (`charset="gb18030"`: encoded as QQ Mail and Foxmail do)."""
     msg = EmailMessage()
     msg["From"] = f"Oncall Person <{sender}>"
     msg["To"] = parent["Reply-To"] or parent["From"]
@@ -71,7 +73,8 @@ def reply(parent, text: str, sender: str = REPLIER, html: str | None = None, **h
     for name, value in headers.items():
         msg[name.replace("_", "-")] = value
     quoted = "\n".join("> " + line for line in parent.get_body(("plain",)).get_content().splitlines())
-    msg.set_content(f"{text}\n\nOn Tue, Dec 1, 2026 at 7:52 PM bridge <bridge@example.com> wrote:\n{quoted}\n")
+    msg.set_content(f"{text}\n\nOn Tue, Dec 1, 2026 at 7:52 PM bridge <bridge@example.com> wrote:\n{quoted}\n",
+                    charset=charset, cte="base64")
     if html:
         msg.add_alternative(html, subtype="html")
     return msg.as_bytes(policy=email.policy.SMTP)
@@ -151,11 +154,11 @@ def test_alert_reply_silences_the_group_and_unsilence_expires_it(way_back, alert
     (mail,) = wb.send(1)
     assert "Reply `silence 2h`" in mail.get_body(("plain",)).get_content()
 
-    wb.imap.deliver(reply(mail, "silence 3d deploying the fix"))
+    wb.imap.deliver(reply(mail, "silence 3d 正在部署修复", charset="gb18030"))
     wb.read()
     (silence,) = am.silences()
     assert {(m["name"], m["value"]) for m in silence["matchers"]} == set(labels.items())
-    assert silence["createdBy"] == REPLIER and silence["comment"] == "deploying the fix"
+    assert silence["createdBy"] == REPLIER and silence["comment"] == "正在部署修复"
     confirmation = wb.send(2)[-1]
     text = confirmation.get_body(("plain",)).get_content()
     assert silence["id"] in text and "CST" in text and "capped at REPLY_MAX_SILENCE" in text
