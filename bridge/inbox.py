@@ -124,14 +124,18 @@ class Inbox:
             self.store.write_state(self._position_key(), f"{mailbox.uidvalidity}:{mailbox.highest_uid()}")
         return len(uids)
 
-    def once(self) -> int:
-        """`flask inbox --once`: connect, read what is there, log out."""
+    def once(self) -> int | None:
+        """`flask inbox --once`: connect, read what is there, log out; None when another
+        process is reading the mailbox (it reads this mail too)."""
+        if not self.store.lease(LEASE, self.holder, LEASE_SECONDS):
+            return None
         mailbox = Mailbox(self.settings.imap)
-        mailbox.connect()
         try:
+            mailbox.connect()
             return self.read_once(mailbox)
         finally:
             mailbox.close()
+            self.store.release_lease(LEASE, self.holder)
 
     def run(self) -> None:
         pause = 1.0

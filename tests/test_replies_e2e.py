@@ -6,7 +6,6 @@ SMTP server in the reply's thread."""
 from __future__ import annotations
 
 import email.policy
-import json
 import time
 import uuid
 from email.message import EmailMessage
@@ -299,3 +298,30 @@ def test_a_lost_mailbox_is_retried_with_a_growing_pause(make_app, caplog):
     pauses = [r.getMessage().split("retry_in=")[1].split()[0] for r in caplog.records
               if "event=inbox_error" in r.getMessage()]
     assert pauses[:2] == ["1.0", "2.0"] and "ConnectionRefusedError" in caplog.text
+
+
+def test_flask_inbox_once_reads_acts_and_exits(way_back, httpserver):
+    path = github_api(httpserver, 14)
+    wb = way_back()
+    wb.github(14)
+    (mail,) = wb.send(1)
+    wb.imap.deliver(reply(mail, "from cron"))
+    result = wb.app.test_cli_runner().invoke(args=["inbox", "--once"])
+    assert result.exit_code == 0 and "read 1 message(s) from 127.0.0.1" in result.output, result.output
+    assert len(calls(httpserver, path)) == 1
+    assert wb.svc.replies.lease("imap_reader", "someone else", 30)     # --once let go of the mailbox
+    result = wb.app.test_cli_runner().invoke(args=["inbox", "--once"])
+    assert "another process is reading the mailbox" in result.output
+
+
+def test_a_reply_to_a_mail_about_nothing_answerable_says_so(way_back, httpserver):
+    wb = way_back()
+    answer = wb.client.post("/hooks/generic", json={"subject": "nightly backup done", "text": "42 GB"})
+    assert answer.status_code == 202
+    (mail,) = wb.send(1)
+    assert mail["Reply-To"] and "Reply to this mail" not in mail.get_body(("plain",)).get_content()
+    wb.imap.deliver(reply(mail, "thanks!"))
+    wb.read()
+    text = wb.send(2)[-1].get_body(("plain",)).get_content()
+    assert "This mail cannot be answered" in text and "Nothing was done" in text
+    assert not httpserver.log
