@@ -20,10 +20,12 @@ from bridge.actions import github, wechat
 from bridge.actions.store import IGNORED, QUEUED, NewReply
 from bridge.events import matches_any
 from bridge.logs import log_line
-from bridge.mail.imap import Mailbox
+from bridge.mail.imap import LoginError, Mailbox
 from bridge.mail.reply import Ignored, read_reply
 from bridge.mail.tokens import verified
 
+LOGIN_HINT = ("QQ Mail / 163: turn IMAP on in the mailbox's settings and log in with the "
+              "authorization code (授权码), as for SMTP; Gmail: an app password")
 LEASE = "imap_reader"
 LEASE_SECONDS = 30.0
 IDLE_SLICE = 9.0                 # re-issue IDLE (and renew the lease) this often
@@ -151,7 +153,8 @@ class Inbox:
                 self._serve(mailbox)
             except Exception as exc:  # network, TLS, login, database: wait, then again
                 log_line("inbox_error", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300],
-                         retry_in=round(pause, 1), via=mailbox.describe())
+                         retry_in=round(pause, 1), via=mailbox.describe(),
+                         hint=LOGIN_HINT if isinstance(exc, LoginError) else None)
                 self.stopping.wait(pause)
                 pause = min(BACKOFF_MAX, pause * 2)
             finally:

@@ -6,6 +6,7 @@ SMTP server in the reply's thread."""
 from __future__ import annotations
 
 import email.policy
+import logging
 import time
 import uuid
 from email.message import EmailMessage
@@ -290,6 +291,7 @@ def test_a_lost_mailbox_is_retried_with_a_growing_pause(make_app, caplog):
     from tests.smtpd import free_port
     app = make_app(IMAP_URL=f"imaps://u%40x.com:p@127.0.0.1:{free_port()}/INBOX")
     inbox = app.extensions["bridge"].inbox
+    caplog.set_level(logging.WARNING, logger="bridge")
     inbox.start()
     try:
         assert wait_until(lambda: len([r for r in caplog.records if "event=inbox_error" in r.getMessage()]) >= 2, 8)
@@ -325,3 +327,14 @@ def test_a_reply_to_a_mail_about_nothing_answerable_says_so(way_back, httpserver
     text = wb.send(2)[-1].get_body(("plain",)).get_content()
     assert "This mail cannot be answered" in text and "Nothing was done" in text
     assert not httpserver.log
+
+
+def test_a_refused_login_says_which_password_to_use(way_back, dovecot, caplog):  # noqa: F811
+    wb = way_back(IMAP_URL=dovecot.url().replace(dovecot.password, "the-mailbox-password"))
+    caplog.set_level(logging.WARNING, logger="bridge")
+    wb.svc.inbox.start()
+    try:
+        assert wait_until(lambda: "event=inbox_error" in caplog.text, 10)
+    finally:
+        wb.svc.inbox.stop(timeout=5)
+    assert "LoginError" in caplog.text and "授权码" in caplog.text and "the-mailbox-password" not in caplog.text

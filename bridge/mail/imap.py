@@ -14,12 +14,13 @@ import time
 from typing import Iterable
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientError, LoginError
 
 from bridge.settings import ImapSettings
 
 ID_FIELDS = {"name": "bridge", "version": "1", "vendor": "bridge", "support-email": "bridge@localhost"}
 IMAP_ERRORS = (IMAPClientError, OSError, ssl.SSLError, EOFError)
+__all__ = ["IMAP_ERRORS", "LoginError", "Mailbox"]
 
 
 class Mailbox:
