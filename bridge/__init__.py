@@ -24,9 +24,9 @@ from bridge.outbox import Outbox, make_engine
 from bridge.pacing import Pacer, Unpaced
 from bridge.render import Renderer
 from bridge.sender import Sender
-from bridge.settings import Settings, SettingsError, load_settings
+from bridge.settings import EnvReader, Settings, SettingsError, environment, load_settings
 from bridge.retention import PRUNE_PAUSE, Retention
-from bridge.sources import LOADERS, SOURCES
+from bridge import sources
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Services:
     """What the blueprints, the CLI and the sender share: one per app."""
 
     settings: Settings
+    hooks: Mapping[str, object]          # name → source served at /hooks/<name>
     outbox: Outbox
     renderer: Renderer
     sender: Sender
@@ -72,14 +73,14 @@ class Services:
         self.sender.stop(timeout=timeout)
 
 
-def _redelivery_windows(settings: Settings) -> dict[str, float]:
+def _redelivery_windows(settings: Settings, every_source: Mapping[str, object]) -> dict[str, float]:
     """Per source, how long after its event a repeat may still come (a dedup key is kept that
     long after retention deleted its row): each source that can be redelivered says."""
-    return {name: source.redelivery_seconds(settings.sources[name]) for name, source in SOURCES.items()
+    return {name: source.redelivery_seconds(settings.sources[name]) for name, source in every_source.items()
             if hasattr(source, "redelivery_seconds") and name in settings.sources}
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, every_source: Mapping[str, object]) -> Services:
     pool = max(5, (smtp.connections if (smtp := settings.smtp) else 1) + 4)
     outbox = Outbox(make_engine(settings.database_url, pool_size=pool),
                     retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
@@ -87,11 +88,11 @@ def build_services(settings: Settings) -> Services:
     outbox.create_schema()
     pacer = Pacer(outbox, settings.smtp, settings.timezone) if settings.smtp else Unpaced()
     renderer = Renderer(settings.templates_dir)
-    services = Services(settings=settings, outbox=outbox, renderer=renderer,
+    services = Services(settings=settings, hooks=sources.hooks(every_source), outbox=outbox, renderer=renderer,
                         sender=None, intake_slots=threading.Semaphore(settings.intake_max_inflight),
                         body_memory=MemoryBudget(settings.intake_max_body_memory),
                         retention=Retention(settings.retain_days, settings.retain_dead_days,
-                                            keep_keys=_redelivery_windows(settings)),
+                                            keep_keys=_redelivery_windows(settings, every_source)),
                         pacer=pacer)
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
@@ -119,8 +120,11 @@ def _startup_log(settings: Settings, services: Services) -> None:
 
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """The app factory. `environ` replaces os.environ (and `.env`) when given, for tests."""
+    environ = environment(environ)
     try:
-        settings = load_settings(environ, source_loaders=LOADERS)
+        every_source = sources.registry(EnvReader(environ))
+        settings = load_settings(environ, source_loaders={name: source.load_config
+                                                          for name, source in every_source.items()})
     except SettingsError as exc:
         # One clear line, then stop: a misconfigured bridge must not half-run.
         print(f"bridge: configuration error: {exc}", file=sys.stderr)
@@ -129,7 +133,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["MAX_CONTENT_LENGTH"] = 26 * 1024 * 1024
-    services = build_services(settings)
+    services = build_services(settings, every_source)
     app.extensions["bridge"] = services
 
     from bridge import cli, metrics, ops, web, wechat_web

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -14,8 +16,10 @@ from flask.cli import AppGroup, with_appcontext
 from bridge.intake import store
 from bridge.mail.smtp import classify
 from bridge.outbox import DEAD, SENT
+from bridge.events import Event, Rejected
 from bridge.retention import parse_age
-from bridge.events import Event
+from bridge.settings import EnvReader, SettingsError, environment
+from bridge.sources.declarative import DeclarativeSource, read_definition
 
 
 def _services():
@@ -160,6 +164,54 @@ def outbox_prune(older_than, dead_older_than):
                f"{pruned.kept_keys} (expired: {pruned.expired_keys})" + (f"; {note}" if note else ""))
 
 
+@click.group("sources", cls=AppGroup)
+def sources_group():
+    """Sources defined as YAML (docs/sources.md)."""
+
+
+@sources_group.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--payload", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A sample body (JSON) to render as the mail it would become.")
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="A request header the sample carries (repeatable), e.g. 'X-Acme-Event: build'.")
+@click.option("--route", default=None, help="The route the sample is posted to (/hooks/<name>/<route>).")
+def sources_check(file: Path, payload: Path | None, headers: tuple[str, ...], route: str | None):
+    """Validate a definition; with --payload, show the mail a sample makes (signature not checked)."""
+    try:
+        source = DeclarativeSource(file.stem, read_definition(file), file)
+    except SettingsError as exc:
+        click.echo(f"FAIL {exc}")
+        raise SystemExit(1)
+    scheme = source.definition.auth.scheme
+    click.echo(f"OK {file}: POST /hooks/{source.NAME}, auth: {scheme.describe() if scheme else 'none'}, "
+               f"{len(source.definition.events)} events entr{'y' if len(source.definition.events) == 1 else 'ies'}")
+    if payload is None:
+        return
+    given = dict(line.split(":", 1) for line in headers if ":" in line)
+    given = {"Content-Type": "application/json", **{k.strip(): v.strip() for k, v in given.items()}}
+    config = source.load_config(EnvReader(environment()))
+    try:
+        (event,) = source.parse(given, payload.read_bytes(), config, route=route)
+    except Rejected as exc:
+        click.echo(f"the sample would be refused: {exc.status} {exc.reason}")
+        raise SystemExit(1)
+    _, glob = source.fields_for(event.kind.split(":", 1)[1])
+    mail = event.context
+    click.echo(f"event:   {event.kind.split(':', 1)[1] or '(empty)'}  ->  "
+               + (f"events.{json.dumps(glob)}" if glob else "the top-level templates"))
+    click.echo(f"dedup:   {event.delivery_id or '(none: an identical body is a duplicate)'}")
+    click.echo(f"thread:  {event.thread_key or '(none)'}" + (" (opens the thread)" if event.thread_root else ""))
+    click.echo(f"outcome: {'200 ignored: ' + event.ignored if event.ignored else '202 accepted, mailed'}")
+    click.echo(f"Subject: {mail['subject']}")
+    click.echo("--- text ---")
+    click.echo(mail["text"].rstrip("\n"))
+    if mail["html"]:
+        click.echo("--- html ---")
+        click.echo(mail["html"])
+
+
 def register(app: Flask) -> None:
-    for command in (worker_command, inbox_command, send_test_command, check_smtp_command, outbox_group):
+    for command in (worker_command, inbox_command, send_test_command, check_smtp_command, outbox_group,
+                    sources_group):
         app.cli.add_command(command)

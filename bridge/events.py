@@ -2,9 +2,11 @@
 for headers, JSON bodies and secrets. Nothing here knows a source, a template or a database."""
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -95,6 +97,41 @@ def same_secret(given: str, expected: str) -> bool:
 def bearer_token(headers: Mapping[str, str]) -> str:
     scheme, _, token = header(headers, "Authorization").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def presented_secret(headers: Mapping[str, str]) -> str:
+    """The bearer token, or the password of basic auth (Alertmanager's and Grafana's HTTP
+    settings offer both)."""
+    scheme, _, value = header(headers, "Authorization").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
+
+
+def form_payload(body: bytes) -> str:
+    """The `payload=` field of a form body (GitHub's and Gitea's "form" content type)."""
+    try:
+        form = urllib.parse.parse_qs(body.decode("ascii"), strict_parsing=False)
+    except UnicodeDecodeError:
+        raise Rejected(400, "form body is not URL-encoded ASCII") from None
+    if "payload" not in form:
+        raise Rejected(400, "form body has no payload= field")
+    return form["payload"][0]
+
+
+def selected(names: list[str], globs: tuple[str, ...] | list[str]) -> bool:
+    """True when a plain glob matches one of `names` and no `!glob` does (only `!` globs: all
+    but those)."""
+    wanted = [g for g in globs if not g.startswith("!")] or ["*"]
+    unwanted = [g[1:] for g in globs if g.startswith("!")]
+    return any(matches_any(name, wanted) for name in names) \
+        and not any(matches_any(name, unwanted) for name in names)
 
 
 def matches_any(value: str, globs: tuple[str, ...] | list[str]) -> bool:

@@ -365,6 +365,16 @@ def _routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
             for name in env if name.startswith("MAIL_TO_") and reader.list(name)}
 
 
+def environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """The mapping settings are read from: `environ` when given (tests), else os.environ after
+    loading `.env`."""
+    if environ is not None:
+        return environ
+    from dotenv import load_dotenv
+    load_dotenv(Path.cwd() / ".env", override=False)
+    return os.environ
+
+
 def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = None,
                   source_loaders: Mapping[str, Callable[[EnvReader], object]] | None = None) -> Settings:
     """Build Settings from a mapping (default: os.environ after loading `.env`).
@@ -372,11 +382,7 @@ def load_settings(environ: Mapping[str, str] | None = None, root: Path | None = 
     `source_loaders` (name → the source's `load_config`) is handed in by the app factory, so
     settings never imports the sources that import it.
     """
-    if environ is None:
-        from dotenv import load_dotenv
-        load_dotenv(Path.cwd() / ".env", override=False)
-        environ = os.environ
-
+    environ = environment(environ)
     root = root or Path.cwd()
     env = EnvReader(environ)
     smtp = _smtp(env)

@@ -18,7 +18,6 @@ from bridge import metrics
 from bridge.bodies import received, too_big
 from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
-from bridge.sources import HOOKS
 from bridge.events import Answer, Rejected
 
 bp = Blueprint("web", __name__)
@@ -49,7 +48,7 @@ def read_body(limit: int):
 @bp.post("/hooks/<name>/<route>")
 def hook(name: str, route: str | None = None):
     started = time.monotonic()
-    source = HOOKS.get(name)
+    source = services().hooks.get(name)
     if source is None:
         return answer(404, "error", reason=f"no source named {name!r}")
     result = _take(source, route)
@@ -100,7 +99,7 @@ def unread_answer(exc: Rejected):
 
 def _parse_and_store(svc, source, headers, body: bytes, config, recipients, route: str | None):
     try:
-        parsed = source.parse(headers, body, config)
+        parsed = source.parse(headers, body, config, route=route)
     except Rejected as exc:
         return answer(exc.status, "error", reason=exc.reason)
     except Exception as exc:  # a parser bug must not become a 500 for the sender to retry forever

@@ -1,5 +1,8 @@
-"""Every source, explicitly. Each module has NAME, MAX_BODY, load_config, verify and parse."""
-from bridge.sources import alertmanager, generic, github, wechat
+"""Every source. The hand-written ones are modules with NAME, MAX_BODY, load_config, verify and
+parse; the ones defined as data (declarative.py, defs/*.yaml and SOURCES_DIR) are objects with
+the same attributes, so the web layer serves both alike."""
+from bridge.settings import EnvReader
+from bridge.sources import alertmanager, declarative, generic, github, wechat
 
 SOURCES = {
     generic.NAME: generic,
@@ -8,9 +11,17 @@ SOURCES = {
     wechat.NAME: wechat,
 }
 
-# Sources served at /hooks/<name>[/<route>] with the JSON answers of DESIGN.md;
+# Hand-written sources served at /hooks/<name>[/<route>] with the JSON answers of DESIGN.md;
 # WeChat has its own endpoint (bridge/wechat_web.py), which answers as WeChat expects.
 HOOKS = {name: SOURCES[name] for name in ("generic", "github", "alertmanager")}
 
-# What the app factory hands to load_settings: each source reads its own variables.
-LOADERS = {name: source.load_config for name, source in SOURCES.items()}
+
+def registry(env: EnvReader) -> dict:
+    """Every source of this bridge: the hand-written ones, the built-in definitions and the
+    user's own from SOURCES_DIR. A broken definition raises SettingsError (file and field)."""
+    return {**SOURCES, **declarative.load_all(env.str("SOURCES_DIR"), reserved=tuple(SOURCES))}
+
+
+def hooks(sources: dict) -> dict:
+    """The sources served at /hooks/<name>: all but WeChat."""
+    return {name: source for name, source in sources.items() if name != wechat.NAME}

@@ -8,7 +8,6 @@ later. `dedup_window` tells the two apart.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -19,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 from bridge.actions.alertmanager import target as reply_target
 from bridge.settings import EnvReader
-from bridge.events import Event, Rejected, header, json_object, matches_any, media_type, same_secret
+from bridge.events import (Event, Rejected, header, json_object, matches_any, media_type,
+                           presented_secret, same_secret)
 
 NAME = "alertmanager"
 MAX_BODY = 10 * 1024 * 1024
@@ -55,20 +55,6 @@ def load_config(env: EnvReader) -> Config:
 
 
 # -- credentials
-
-def presented_secret(headers: Mapping[str, str]) -> str:
-    """The bearer token, or the password of basic auth (Alertmanager's http_config offers both)."""
-    scheme, _, value = header(headers, "Authorization").strip().partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            return ""
-        return decoded.partition(":")[2]
-    return ""
-
 
 def verify(headers: Mapping[str, str], body: bytes, config: Config) -> None:
     if config.token and not same_secret(presented_secret(headers), config.token):
@@ -319,7 +305,7 @@ def group_view(doc: dict, config: Config, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def parse(headers: Mapping[str, str], body: bytes, config: Config,
+def parse(headers: Mapping[str, str], body: bytes, config: Config, route: str | None = None,
           now: dt.datetime | None = None) -> list[Event]:
     """One Event for the notification. `now` (default: the clock) is when it arrived, for
     how long an alert has been firing."""

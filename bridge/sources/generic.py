@@ -40,7 +40,8 @@ def _text_field(doc: dict, name: str, required: bool) -> str | None:
     return value
 
 
-def parse(headers: Mapping[str, str], body: bytes, config: Config) -> list[Event]:
+def parse(headers: Mapping[str, str], body: bytes, config: Config, route: str | None = None) -> list[Event]:
+    """`route` is part of every source's interface; only defined sources' templates read it."""
     if media_type(headers) != "application/json":
         raise Rejected(415, "send Content-Type: application/json")
     doc = json_object(body)

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import logging
 import re
-import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -17,7 +16,8 @@ from typing import Mapping
 from bridge.bodies import HmacCheck, hmac_check
 from bridge.logs import log_line
 from bridge.settings import EnvReader, SettingsError
-from bridge.events import Answer, Event, Rejected, header, json_object, matches_any, media_type
+from bridge.events import (Answer, Event, Rejected, form_payload, header, json_object, matches_any,
+                           media_type, selected)
 from bridge.actions.github import target as reply_target
 from bridge.sources.github_views import Limits, Payload, View, dig, router, scalar
 
@@ -100,13 +100,7 @@ def verify(headers: Mapping[str, str], body: bytes, config: Config) -> None:
 def decode(headers: Mapping[str, str], body: bytes) -> dict:
     kind = media_type(headers)
     if kind == "application/x-www-form-urlencoded":
-        try:
-            form = urllib.parse.parse_qs(body.decode("ascii"), strict_parsing=False)
-        except UnicodeDecodeError:
-            raise Rejected(400, "form body is not URL-encoded ASCII") from None
-        if "payload" not in form:
-            raise Rejected(400, "form body has no payload= field")
-        raw: str | bytes = form["payload"][0]
+        raw: str | bytes = form_payload(body)
     elif kind == "application/json":
         raw = body
     else:
@@ -114,7 +108,8 @@ def decode(headers: Mapping[str, str], body: bytes) -> dict:
     return json_object(raw, "payload")
 
 
-def parse(headers: Mapping[str, str], body: bytes, config: Config) -> list[Event] | Answer:
+def parse(headers: Mapping[str, str], body: bytes, config: Config,
+          route: str | None = None) -> list[Event] | Answer:
     event = header(headers, "X-GitHub-Event").strip()
     if not event:
         raise Rejected(400, "missing X-GitHub-Event header")
@@ -169,15 +164,6 @@ def list_label(scope: str) -> str:
 
 
 # --------------------------------------------------------------------------- filters
-
-def selected(names: list[str], globs: tuple[str, ...]) -> bool:
-    """True when a plain glob matches one of `names` and no `!glob` does (only `!` globs: all
-    but those)."""
-    wanted = [g for g in globs if not g.startswith("!")] or ["*"]
-    unwanted = [g[1:] for g in globs if g.startswith("!")]
-    return any(matches_any(name, wanted) for name in names) \
-        and not any(matches_any(name, unwanted) for name in names)
-
 
 def event_names(p: Payload, view: View) -> list[str]:
     """push, issues.opened, workflow_run.completed.failure: what GITHUB_EVENTS globs see."""
