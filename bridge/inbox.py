@@ -181,7 +181,6 @@ class Inbox:
                 if mailbox.wait(IDLE_SLICE, self.stopping):
                     next_read = 0.0
             else:
-                mailbox.wait(0, self.stopping)
                 self.stopping.wait(max(0.0, min(IDLE_SLICE, next_read - time.monotonic())))
 
     def start(self) -> None:
