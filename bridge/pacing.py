@@ -102,6 +102,11 @@ class Unpaced:
         return None
 
 
+# Built once: each mail reads the account row, and building a statement costs more than running it.
+_ACCOUNT = sa.select(accounts).where(accounts.c.account == sa.bindparam("account"))
+_ACCOUNT_LOCKED = _ACCOUNT.with_for_update()
+
+
 class Pacer:
     def __init__(self, outbox: Outbox, smtp: SmtpSettings, zone: ZoneInfo):
         self.outbox = outbox
@@ -123,8 +128,7 @@ class Pacer:
             self._update(conn, connections=None)
 
     def _row(self, conn, lock: bool = False):
-        query = sa.select(accounts).where(accounts.c.account == self.key)
-        return conn.execute(query.with_for_update() if lock else query).one()
+        return conn.execute(_ACCOUNT_LOCKED if lock else _ACCOUNT, {"account": self.key}).one()
 
     def _update(self, conn, **values) -> None:
         conn.execute(accounts.update().where(accounts.c.account == self.key).values(**values))
