@@ -20,9 +20,12 @@ MASKED = ("authorization", "cookie", "signature", "token", "secret", "password")
 REQUEST_BODY_CAP = 256 * 1024
 
 
-def request_record(method: str, path: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """What the deliveries page shows of a request: secrets masked, the body capped."""
-    shown = {name: ("***" if any(word in name.lower() for word in MASKED) else value)
+def request_record(method: str, path: str, headers: Mapping[str, str], body: bytes,
+                   secret_headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the deliveries page shows of a request: secrets masked (by a word in the header's
+    name, or because the source says the header carries its credentials), the body capped."""
+    secret = {name.lower() for name in secret_headers}
+    shown = {name: ("***" if name.lower() in secret or any(word in name.lower() for word in MASKED) else value)
              for name, value in headers.items()}
     text = body[:REQUEST_BODY_CAP].decode("utf-8", "replace")
     return {"method": method, "path": path, "headers": shown, "body": text,

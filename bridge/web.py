@@ -109,7 +109,8 @@ def _parse_and_store(svc, source, headers, body: bytes, config, recipients, rout
         return answer(200, parsed.status, reason=parsed.reason or None)
     # The source's own delivery ids, for the request's log line.
     g.delivery_id = ",".join(dict.fromkeys(e.delivery_id for e in parsed if e.delivery_id))
-    record = request_record(request.method, request.full_path.rstrip("?"), headers, body)
+    record = request_record(request.method, request.full_path.rstrip("?"), headers, body,
+                            getattr(source, "secret_headers", ()))
     try:
         results = [store(svc, event, recipients, route, record) for event in parsed]
     except DATABASE_DOWN as exc:

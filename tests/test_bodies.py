@@ -92,6 +92,16 @@ def test_past_the_memory_cap_a_body_is_429_and_the_bodies_in_hand_stay():
         assert again == b"c" * 700_000
 
 
+
+def test_a_body_larger_than_the_memory_cap_itself_is_413_naming_the_setting():
+    budget = MemoryBudget(SPOOL_ABOVE)                # a retry could never fit: not "429, retry"
+    body = b"d" * (3 * SPOOL_ABOVE)
+    with pytest.raises(Rejected) as exc:
+        with received(io.BytesIO(body), len(body), 10 * SPOOL_ABOVE, None, budget):
+            pass
+    assert exc.value.status == 413 and "INTAKE_MAX_BODY_MEMORY" in exc.value.reason
+    assert budget.held == 0
+
 def test_github_streams_its_check_and_keeps_the_whole_body_verify():
     from bridge.sources import github
     config = github.Config(secret="topsecret")

@@ -109,6 +109,21 @@ def test_a_user_file_replaces_the_built_in_of_that_name(make_app, tmp_path):
     assert row.subject == "[mine] custom" and "hello" in row.text
 
 
+
+def test_a_user_sources_credential_header_is_masked_on_the_deliveries_page(make_app, tmp_path):
+    (tmp_path / "acme.yaml").write_text(GOOD.replace("  none: true", "  token: {header: X-Api-Key, secret_env: ACME_KEY}"),
+                                        encoding="utf-8")
+    app = make_app(SOURCES_DIR=str(tmp_path), ACME_KEY="k-3f9a-shared", ADMIN_TOKEN="t0ken")
+    client = app.test_client()
+    r = client.post("/hooks/acme", json={"project": "p", "message": "m"},
+                    headers={"X-Event": "build", "X-Api-Key": "k-3f9a-shared"})
+    assert r.status_code == 202
+    detail = client.get(f"/api/deliveries/{r.json['id']}", headers={"Authorization": "Bearer t0ken"}).json
+    assert detail["request"]["headers"]["X-Api-Key"] == "***"
+    assert "k-3f9a-shared" not in client.get(f"/deliveries/{r.json['id']}",
+                                             headers={"Authorization": "Bearer t0ken"}).text
+
+
 # --------------------------------------------------------------------------- templates
 
 def test_missing_fields_render_empty_and_chain(tmp_path):

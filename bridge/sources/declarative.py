@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bridge.bodies import HmacCheck
+from bridge.bodies import HmacCheck, check_whole
 from bridge.events import (Event, Rejected, form_payload, header, json_object, matches_any, media_type,
                            presented_secret, same_secret)
 from bridge.logs import log_line
@@ -262,6 +262,11 @@ class DeclarativeSource:
         self.path = path
         self.definition = definition
         self.events_variable = f"{route_key(name)}_EVENTS"
+        # Headers that carry this source's credentials, masked wherever the request is shown
+        # (a user's X-Api-Key is a secret whatever its name says).
+        scheme = definition.auth.scheme
+        self.secret_headers = tuple(scheme.names() if isinstance(scheme, HmacAuth) else
+                                    [scheme.header] if isinstance(scheme, TokenAuth) else [])
         top = definition.model_dump(include=set(Fields.model_fields))
         self._event = _compile({"event": definition.event}, definition.prelude)
         self._top = _compile(top, definition.prelude)
@@ -293,8 +298,7 @@ class DeclarativeSource:
     def verify(self, headers: Mapping[str, str], body: bytes, config: Config) -> None:
         check = self.body_check(headers, config)
         if check is not None:
-            check.update(body)
-            check.finish()
+            check_whole(check, body)
         elif config.secret and isinstance(self.definition.auth.scheme, HmacAuth):
             self.definition.auth.scheme.verify(headers, body, config.secret)
 

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from bridge.bodies import HmacCheck, hmac_check
+from bridge.bodies import HmacCheck, check_whole, hmac_check
 from bridge.logs import log_line
 from bridge.settings import EnvReader, SettingsError
 from bridge.events import (Answer, Event, Rejected, form_payload, header, json_object, matches_any,
@@ -89,10 +89,7 @@ def body_check(headers: Mapping[str, str], config: Config) -> HmacCheck | None:
 
 def verify(headers: Mapping[str, str], body: bytes, config: Config) -> None:
     """The same check on a whole body."""
-    check = body_check(headers, config)
-    if check is not None:
-        check.update(body)
-        check.finish()
+    check_whole(body_check(headers, config), body)
 
 
 # --------------------------------------------------------------------------- parse
