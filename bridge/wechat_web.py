@@ -7,12 +7,14 @@ WeChat expects — the echostr, `success`, or a (sealed) reply — never JSON.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from flask import Blueprint, Response, current_app, request
 
 from bridge import commands
+from bridge.actions import wechat as wechat_actions
 from bridge.intake import DATABASE_DOWN, request_record, store
 from bridge.logs import log_line
 from bridge.sources import wechat
@@ -93,7 +95,7 @@ def _decide(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
         if not config.allowed_users:  # a public account's followers must not silence alerts
             return _reply("commands_off"), "command refused"
         return _command(msg, command, config)
-    events = wechat.events_for(msg, config)
+    events = wechat.events_for(msg, _with_known_name(config, openid))
     if not events:
         return None, "ignored"
     limiter = current_app.extensions["wechat_limiter"]
@@ -105,6 +107,16 @@ def _decide(msg: wechat.Inbound, config, now: float) -> tuple[str | None, str]:
         limiter.record(openid, key, now)
         return config.reply_text, "accepted"
     return _reply("duplicate"), "duplicate"
+
+
+def _with_known_name(config, openid: str):
+    """The config, naming this follower by the remark the account gave them when the bridge
+    has looked it up (bridge/actions/wechat.py, once it holds an access token);
+    WECHAT_USER_NAMES wins."""
+    if openid in config.user_names or _services().settings.replies is None:
+        return config
+    name = _services().replies.read_state(wechat_actions.name_key(openid))[0]
+    return dataclasses.replace(config, user_names={**config.user_names, openid: name}) if name else config
 
 
 def _store(msg: wechat.Inbound, event):

@@ -348,3 +348,19 @@ def test_a_refused_login_says_which_password_to_use(way_back, dovecot, bridge_lo
         wb.svc.inbox.stop(timeout=5)
     text = "\n".join(bridge_log)
     assert "LoginError" in text and "授权码" in text and "the-mailbox-password" not in text
+
+
+def test_after_answering_a_follower_their_remark_names_them(way_back, httpserver):
+    httpserver.expect_request("/cgi-bin/user/info").respond_with_json(
+        {"subscribe": 1, "openid": "oFollower7", "remark": "王经理", "nickname": ""})
+    wb = way_back()
+    assert wechat_post(wb.client, message("在吗", sender="oFollower7", msg_id=71)).status_code == 200
+    (first,) = wb.send(1)
+    assert first["Subject"].startswith("[微信] oFollower7: ")
+    wb.imap.deliver(reply(first, "在的，请讲。"))
+    wb.read()
+    (info,) = calls(httpserver, "/cgi-bin/user/info")
+    assert info.args["openid"] == "oFollower7" and info.args["access_token"] == "wx-access-1"
+    assert wechat_post(wb.client, message("我的快递到哪了", sender="oFollower7", msg_id=72)).status_code == 200
+    later = wb.send(3)[-1]
+    assert later["Subject"] == "[微信] 王经理: 我的快递到哪了" and later["X-WeChat-OpenID"] == "oFollower7"

@@ -6,14 +6,17 @@ process; a token WeChat calls invalid (40001, 40014, 42001) is fetched again onc
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
 from bridge.actions import Context, Done, Later, Refused, call
+from bridge.logs import log_line
 
 TEXT_LIMIT = 2048                    # bytes of UTF-8 per text message (45002 past it)
 TOKEN_MARGIN = 300                   # seconds before expiry a cached token is renewed
 STALE_TOKEN = (40001, 40014, 42001)
+NAME_SECONDS = 86400.0               # a remark learned is used this long, then looked up again
 PERMANENT = {
     45015: "more than 48 hours passed since the follower last wrote (or they unfollowed): "
            "WeChat lets the account answer only within 48 hours of the follower's message",
@@ -111,6 +114,25 @@ def _send(ctx: Context, openid: str, text: str) -> dict[str, Any] | Refused | La
     return _failure(doc)
 
 
+def name_key(openid: str) -> str:
+    return f"wechat_name:{openid}"
+
+
+def learn_name(ctx: Context, openid: str) -> None:
+    """Keep the remark the account gave this follower (`cgi-bin/user/info`), for the next mails
+    about them; only with an access token at hand, and a failure only means no name."""
+    replies = ctx.settings.replies
+    token, expires_at = ctx.store.read_state(f"wechat_token:{replies.wechat_appid}")
+    known, until = ctx.store.read_state(name_key(openid))
+    if not token or (expires_at or 0) < time.time() or (known and (until or 0) > time.time()):
+        return
+    response = call(ctx.http, "GET", f"{replies.wechat_api_url}/cgi-bin/user/info", replies.api_timeout,
+                    params={"access_token": token, "openid": openid, "lang": "zh_CN"})
+    remark = _json(response).get("remark") if not isinstance(response, Later) else None
+    if isinstance(remark, str) and remark.strip():
+        ctx.store.write_state(name_key(openid), remark.strip()[:64], time.time() + NAME_SECONDS)
+
+
 def perform(action: Mapping[str, Any], ctx: Context) -> Done | Refused | Later:
     # A retry after a temporary failure starts from the first part again: WeChat has no
     # idempotency key, and a repeated line is better than a lost one.
@@ -118,4 +140,8 @@ def perform(action: Mapping[str, Any], ctx: Context) -> Done | Refused | Later:
         outcome = _send(ctx, action["openid"], part)
         if not isinstance(outcome, dict):
             return outcome
+    try:  # the answer is sent: nothing here may make the runner send it again
+        learn_name(ctx, action["openid"])
+    except Exception as exc:  # noqa: BLE001
+        log_line("wechat_name_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:200])
     return Done("wechat_sent", {"openid": action["openid"], "messages": len(action["parts"])})
