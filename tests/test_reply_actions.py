@@ -4,6 +4,7 @@ GitHub actions' answers to each kind of API reply."""
 from __future__ import annotations
 
 import pytest
+import requests
 
 from bridge import commands
 from bridge.actions import Context, Done, Later, Refused, github, http_session, wechat
@@ -177,3 +178,12 @@ def test_reply_store_acts_once_leases_and_prunes(database, tmp_path, request):
         assert pruned.rows >= 2 and store.get(first) is None
     finally:
         outbox.engine.dispose()
+
+
+def test_a_network_error_never_shows_the_access_token():
+    from bridge.actions import call
+    from tests.smtpd import free_port
+    outcome = call(requests, "POST", f"http://127.0.0.1:{free_port()}/cgi-bin/message/custom/send", 2.0,
+                   params={"access_token": "SECRET_TOKEN_123"}, json={})
+    assert isinstance(outcome, Later) and "ConnectionError" in outcome.error
+    assert "SECRET_TOKEN_123" not in outcome.error and "access_token" not in outcome.error

@@ -8,6 +8,7 @@ what) and `perform(action, context) -> Outcome` (the API call). An outcome is on
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -55,13 +56,18 @@ def http_session() -> requests.Session:
     return session
 
 
+_QUERY = re.compile(r"\?[^\s)'\"]*")
+
+
 def call(http, method: str, url: str, timeout: float, **kwargs) -> requests.Response | Later:
     """One API request (`http`: a Session, or the requests module); a network failure or a
     5xx is temporary."""
     try:
         response = http.request(method, url, timeout=(min(timeout, 5.0), timeout), **kwargs)
     except requests.RequestException as exc:
-        return Later(f"{type(exc).__name__}: {str(exc)[:200]}")
+        # requests names the URL in its errors, query string and all: WeChat's access_token
+        # travels there, and this text reaches logs, the deliveries page and the replier.
+        return Later(f"{type(exc).__name__}: {_QUERY.sub('?…', str(exc))[:200]}")
     if response.status_code >= 500:
         return Later(f"HTTP {response.status_code}: {response.text.strip()[:200]}",
                      retry_after(response))
