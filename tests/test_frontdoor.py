@@ -15,7 +15,7 @@ import requests
 from tests.github_payloads import headers_for, push
 from tests.procs import ROOT, Proc, start_web
 
-BOOTS, BOOT_WORKERS = 6, 4
+BOOTS, BOOT_WORKERS = 4, 4
 
 
 def fresh_boot(tmp_path, i):
@@ -34,7 +34,7 @@ def fresh_boot(tmp_path, i):
 
 
 def test_many_workers_boot_on_a_fresh_database_without_a_race(tmp_path):
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(BOOTS) as pool:
         results = list(pool.map(lambda i: fresh_boot(tmp_path, i), range(BOOTS)))
     for alive, log in results:
         assert alive and "database is locked" not in log and "Worker failed to boot" not in log, log[-2000:]
