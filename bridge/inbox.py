@@ -8,6 +8,7 @@ between reads it again and the stored Message-ID makes that a no-op.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from bridge import commands, metrics
 from bridge.actions import github, wechat
 from bridge.actions.store import IGNORED, QUEUED, NewReply
 from bridge.events import matches_any
+from bridge.intake import DATABASE_DOWN
 from bridge.logs import log_line
 from bridge.mail.imap import LoginError, Mailbox
 from bridge.mail.reply import Ignored, read_reply
@@ -45,6 +47,16 @@ def plan(settings, reply, target: dict | None) -> tuple[str, str | None, dict]:
     if name == "github":
         return name, f"github:{target['repo']}#{target['number']}", github.plan(reply.text, target, reply.sender)
     return name, f"wechat:{target['openid']}", wechat.plan(reply.text, target)
+
+
+def stored_id(message_id: str, imap_uid: str | None) -> str:
+    """The reply's Message-ID as stored (it keys "acts once"): a missing one is made from the
+    IMAP UID, one too long for the column (anyone can send one) is hashed."""
+    if not message_id:
+        return f"<imap-{imap_uid}@bridge.invalid>"
+    if len(message_id) > 250:
+        return f"<sha256-{hashlib.sha256(message_id.encode('utf-8', 'replace')).hexdigest()[:40]}@bridge.invalid>"
+    return message_id
 
 
 class Inbox:
@@ -76,10 +88,10 @@ class Inbox:
     def judge(self, raw: bytes, imap_uid: str | None) -> NewReply:
         parsed = read_reply(raw, self.own_addresses)
         if isinstance(parsed, Ignored):
-            return NewReply(message_id=parsed.message_id or f"<imap-{imap_uid}@bridge.invalid>", imap_uid=imap_uid,
+            return NewReply(message_id=stored_id(parsed.message_id, imap_uid), imap_uid=imap_uid,
                             sender=parsed.sender, subject="", text="", references=(), status=IGNORED,
                             reason=parsed.reason)
-        base = dict(message_id=parsed.message_id or f"<imap-{imap_uid}@bridge.invalid>", imap_uid=imap_uid,
+        base = dict(message_id=stored_id(parsed.message_id, imap_uid), imap_uid=imap_uid,
                     sender=parsed.sender, subject=parsed.subject, text=parsed.text, references=parsed.references)
         if not self.allowed(parsed.sender):
             return NewReply(**base, status=IGNORED, reason="the sender is not in REPLY_ALLOWED_SENDERS")
@@ -103,6 +115,19 @@ class Inbox:
             self.on_stored()
         return outcome
 
+    def _take_or_skip(self, raw: bytes, imap_uid: str) -> None:
+        """One mail that cannot be stored (the database refuses its values) is logged and passed
+        over, or it would be fetched and refused again forever and no later reply would be read.
+        A database that is away stops the read instead: the mail is read again after it."""
+        try:
+            self.take(raw, imap_uid)
+        except DATABASE_DOWN:
+            raise
+        except Exception as exc:  # noqa: BLE001 — this mail's values, not the database
+            metrics.reply("unreadable")
+            log_line("reply", logging.ERROR, outcome="unreadable", imap_uid=imap_uid,
+                     error=f"{type(exc).__name__}: {exc}"[:300])
+
     # -- reading the mailbox
     def _position_key(self) -> str:
         s = self.settings.imap
@@ -119,7 +144,7 @@ class Inbox:
             if not self.store.seen(imap_uid=key):
                 raw = mailbox.fetch(uid)
                 if raw is not None:
-                    self.take(raw, key)
+                    self._take_or_skip(raw, key)
             mailbox.mark_done([uid])
             self.store.write_state(self._position_key(), key)
         if after is None:  # the first read: from now on, whatever comes after the newest mail

@@ -187,3 +187,17 @@ def test_a_network_error_never_shows_the_access_token():
                    params={"access_token": "SECRET_TOKEN_123"}, json={})
     assert isinstance(outcome, Later) and "ConnectionError" in outcome.error
     assert "SECRET_TOKEN_123" not in outcome.error and "access_token" not in outcome.error
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_strangers_overlong_message_id_is_stored_and_never_blocks_the_mailbox(database, make_app, tmp_path, request):
+    from bridge.inbox import Inbox
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'r.db'}"
+    app = make_app(DATABASE_URL=url, IMAP_URL="imaps://bridge%40example.com:pw@127.0.0.1:1/INBOX",
+                   SEND_IN_WEB="false")
+    inbox = Inbox(app.extensions["bridge"])
+    long_id = "<" + "a" * 400 + "@spam.example>"
+    raw = (f"From: stranger@spam.example\r\nTo: bridge@example.com\r\nSubject: Re: hi\r\n"
+           f"Message-ID: {long_id}\r\nIn-Reply-To: <x@example.com>\r\n\r\nhello\r\n").encode()
+    assert inbox.take(raw, "1:7") == "ignored"                  # PostgreSQL refused it before
+    assert inbox.take(raw, "1:8") == "duplicate"                # still acts once, by its hashed id
