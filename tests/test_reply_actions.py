@@ -201,3 +201,19 @@ def test_a_strangers_overlong_message_id_is_stored_and_never_blocks_the_mailbox(
            f"Message-ID: {long_id}\r\nIn-Reply-To: <x@example.com>\r\n\r\nhello\r\n").encode()
     assert inbox.take(raw, "1:7") == "ignored"                  # PostgreSQL refused it before
     assert inbox.take(raw, "1:8") == "duplicate"                # still acts once, by its hashed id
+
+
+def test_an_action_whose_lease_ran_out_is_left_to_the_process_that_took_it(tmp_path):
+    import time
+    outbox = Outbox(make_engine(f"sqlite:///{tmp_path / 'h.db'}"))
+    outbox.create_schema()
+    store = ReplyStore(outbox)
+    row_id = store.record(_reply("<slow@x.com>", status="queued"))
+    first, rows = store.claim(10, 0.2)
+    assert [r.id for r in rows] == [row_id] and store.hold(row_id, first, 0.2)   # in time: renewed
+    time.sleep(0.3)                                          # a slow API call used the lease up
+    second, rows = store.claim(10, 60)
+    assert [r.id for r in rows] == [row_id]
+    assert not store.hold(row_id, first, 60)                 # the first runner must not act now
+    assert store.hold(row_id, second, 60)
+    outbox.engine.dispose()

@@ -45,6 +45,11 @@ class ActionRunner:
         for row in rows:
             if self.stopping.is_set():
                 break
+            if not self.store.hold(row.id, token, LEASE_SECONDS):
+                # A slow API used up the batch's lease: another process may be on this row
+                # now, and an action done twice is a second comment or silence.
+                log_line("claim_lost", logging.WARNING, reply_id=row.id)
+                continue
             if row.status not in (DONE, FAILED):
                 row = self._perform(row, token)
                 if row is None:

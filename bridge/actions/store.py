@@ -180,6 +180,16 @@ class ReplyStore:
                 .returning(*replies.c)).all()
         return token, sorted(rows, key=lambda r: r.id)
 
+    def hold(self, row_id: int, token: str, lease: float) -> bool:
+        """Renew one claimed row's lease just before it is performed; False when the lease ran
+        out meanwhile and another process may have taken the row (then it is theirs)."""
+        now = time.time()
+        with self.outbox._writing(durable=False) as conn:
+            return bool(conn.execute(
+                replies.update().where(replies.c.id == row_id, replies.c.claim == token,
+                                       replies.c.claimed_until >= now)
+                .values(claimed_until=now + lease)).rowcount)
+
     def finish(self, row_id: int, token: str, status: str, result: Mapping[str, Any] | None,
                error: str | None = None, hint: str | None = None, retry_in: float = 0.0) -> bool:
         """Record one attempt: DONE / FAILED (final) or RETRYING after `retry_in` seconds."""
