@@ -80,7 +80,7 @@ class Inbox:
         secret = self.store.secret()
         for ref in references:
             if verified(ref, secret):
-                row = self.services.outbox.by_message_id(ref)
+                row = self.services.outbox.by_message_id(ref.strip().lower())
                 if row is not None:
                     return row
         return None

@@ -217,3 +217,14 @@ def test_an_action_whose_lease_ran_out_is_left_to_the_process_that_took_it(tmp_p
     assert not store.hold(row_id, first, 60)                 # the first runner must not act now
     assert store.hold(row_id, second, 60)
     outbox.engine.dispose()
+
+
+def test_a_reference_whose_case_a_relay_changed_still_finds_its_mail(make_app):
+    from bridge.inbox import Inbox
+    app = make_app(MAIL_FROM="Bridge@Example.COM", MAIL_TO="oncall@example.com", SEND_IN_WEB="false",
+                   IMAP_URL="imaps://bridge%40example.com:pw@127.0.0.1:1/INBOX")
+    r = app.test_client().post("/hooks/generic", json={"subject": "disk", "text": "full"})
+    row = app.extensions["bridge"].outbox.get(r.json["id"])
+    inbox = Inbox(app.extensions["bridge"])
+    for ref in (row.message_id, row.message_id.upper()):
+        assert inbox.answered([ref]).id == row.id, ref

@@ -45,7 +45,9 @@ POLICY = _Policy(header_factory=_Headers())
 
 
 def mail_domain(mail_from: str) -> str:
-    domain = mail_from.rpartition("@")[2].strip(" >")
+    """The domain of our Message-IDs, lower-cased: every id the bridge makes is then lower
+    case, so a reply whose client or relay changed the case still finds its mail."""
+    domain = mail_from.rpartition("@")[2].strip(" >").lower()
     return domain or "bridge.invalid"
 
 
