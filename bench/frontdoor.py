@@ -82,8 +82,8 @@ def main() -> None:
         for name in CLASSES:
             wait_http(f"http://127.0.0.1:{ports[name]}/healthz")
         load = os.getloadavg()[0]
-        measured = rounds({name: (f"http://127.0.0.1:{ports[name]}", scripts[name]) for name in CLASSES},
-                          args.seconds, args.connections, args.rounds)
+        measured = rounds({name: (f"http://127.0.0.1:{ports[name]}", scripts[name], servers[name].pid)
+                           for name in CLASSES}, args.seconds, args.connections, args.rounds)
         idle = {name: idle_cost(ports[name], servers[name].pid, args.idle) for name in CLASSES}
     finally:
         for server in servers.values():
@@ -94,6 +94,7 @@ def main() -> None:
            ">= 0.8", new["rps"] >= 0.8 * old["rps"], note=note)
     result("frontdoor", "intake p99 (gevent; baseline = gthread)", new["p99"], "ms", old["p99"],
            "< 50 ms", new["p99"] < 50)
+    result("frontdoor", "CPU per stored request (gevent; baseline = gthread)", new["cpu_ms"], "ms", old["cpu_ms"])
     for name in CLASSES:
         per_conn, worst = idle[name]
         result("frontdoor", f"/healthz with {args.idle} slow clients ({name})", worst, "ms",

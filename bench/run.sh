@@ -26,4 +26,5 @@ echo "bench: $(date -u +%FT%TZ) on $(nproc) cores, $(git rev-parse --short HEAD 
 "$PY" -m bench.wechat_latency 2> >(grep -v ' INFO ' >&2)
 "$PY" -m bench.memory 2> >(grep -v ' INFO ' >&2)
 "$PY" -m bench.storm 2> >(grep -v ' INFO ' >&2)
+"$PY" -m bench.frontdoor 2> >(grep -v ' INFO ' >&2)
 echo "bench: done; results in var/bench/results.jsonl"

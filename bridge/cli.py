@@ -62,7 +62,8 @@ def inbox_command(once: bool):
         read = svc.inbox.once()
         while svc.runner.work_once():
             pass
-        click.echo(f"inbox: read {read} message(s) from {svc.settings.replies.imap.host}")
+        click.echo(f"inbox: read {read} message(s) from {svc.settings.replies.imap.host}" if read is not None
+                   else "inbox: another process is reading the mailbox now; its actions ran here too")
         return
     _run_until_signal("inbox", svc.start_replies,
                       f"reading {svc.settings.replies.imap.host} (one reader at a time across processes)")

@@ -20,10 +20,12 @@ from bridge.actions import github, wechat
 from bridge.actions.store import IGNORED, QUEUED, NewReply
 from bridge.events import matches_any
 from bridge.logs import log_line
-from bridge.mail.imap import Mailbox
+from bridge.mail.imap import LoginError, Mailbox
 from bridge.mail.reply import Ignored, read_reply
 from bridge.mail.tokens import verified
 
+LOGIN_HINT = ("QQ Mail / 163: turn IMAP on in the mailbox's settings and log in with the "
+              "authorization code (授权码), as for SMTP; Gmail: an app password")
 LEASE = "imap_reader"
 LEASE_SECONDS = 30.0
 IDLE_SLICE = 9.0                 # re-issue IDLE (and renew the lease) this often
@@ -124,14 +126,18 @@ class Inbox:
             self.store.write_state(self._position_key(), f"{mailbox.uidvalidity}:{mailbox.highest_uid()}")
         return len(uids)
 
-    def once(self) -> int:
-        """`flask inbox --once`: connect, read what is there, log out."""
+    def once(self) -> int | None:
+        """`flask inbox --once`: connect, read what is there, log out; None when another
+        process is reading the mailbox (it reads this mail too)."""
+        if not self.store.lease(LEASE, self.holder, LEASE_SECONDS):
+            return None
         mailbox = Mailbox(self.settings.imap)
-        mailbox.connect()
         try:
+            mailbox.connect()
             return self.read_once(mailbox)
         finally:
             mailbox.close()
+            self.store.release_lease(LEASE, self.holder)
 
     def run(self) -> None:
         pause = 1.0
@@ -147,7 +153,8 @@ class Inbox:
                 self._serve(mailbox)
             except Exception as exc:  # network, TLS, login, database: wait, then again
                 log_line("inbox_error", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300],
-                         retry_in=round(pause, 1), via=mailbox.describe())
+                         retry_in=round(pause, 1), via=mailbox.describe(),
+                         hint=LOGIN_HINT if isinstance(exc, LoginError) else None)
                 self.stopping.wait(pause)
                 pause = min(BACKOFF_MAX, pause * 2)
             finally:
@@ -174,7 +181,6 @@ class Inbox:
                 if mailbox.wait(IDLE_SLICE, self.stopping):
                     next_read = 0.0
             else:
-                mailbox.wait(0, self.stopping)
                 self.stopping.wait(max(0.0, min(IDLE_SLICE, next_read - time.monotonic())))
 
     def start(self) -> None:

@@ -120,9 +120,9 @@ class Pruned:
 
 # Built once: intake and the sender run these per mail, and building a statement costs more
 # than running it.
-_FIND_KEY = (sa.select(outbox.c.id)
-             .where(outbox.c.fingerprint == sa.bindparam("key"), outbox.c.created_at > sa.bindparam("since"))
-             .order_by(outbox.c.id.desc()).limit(1))
+_FIND_KEYS = (sa.select(outbox.c.fingerprint, outbox.c.id, outbox.c.created_at)
+              .where(outbox.c.fingerprint.in_(sa.bindparam("keys", expanding=True)),
+                     outbox.c.created_at > sa.bindparam("since")))
 _COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
                     .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
 _INSERT = outbox.insert().returning(outbox.c.id)
@@ -132,10 +132,9 @@ _MARK_SENT = (outbox.update()
                       attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
                       last_error=None, hint=None))
 _LOG_ATTEMPT = attempts.insert()
-_FIND_KEPT = (sa.select(kept_keys.c.outbox_id)
-              .where(kept_keys.c.fingerprint == sa.bindparam("key"), kept_keys.c.created_at > sa.bindparam("since"),
-                     kept_keys.c.until > sa.bindparam("now"))
-              .limit(1))
+_FIND_KEPT = (sa.select(kept_keys.c.fingerprint, kept_keys.c.outbox_id, kept_keys.c.created_at)
+              .where(kept_keys.c.fingerprint.in_(sa.bindparam("keys", expanding=True)),
+                     kept_keys.c.created_at > sa.bindparam("since"), kept_keys.c.until > sa.bindparam("now")))
 
 
 @dataclass(frozen=True)
@@ -396,17 +395,30 @@ class Outbox:
             if self.is_postgres:  # serialise checks of one key across processes, in one order
                 for key in sorted({m.dedup_key for m in mails}):
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
-            return [self._store_one(conn, mail, now) for mail in mails]
+            seen = self._seen_keys(conn, mails, now)
+            return [self._store_one(conn, mail, now, seen) for mail in mails]
 
-    def _store_one(self, conn, mail: NewMail, now: float) -> Stored:
+    @staticmethod
+    def _seen_keys(conn, mails: list[NewMail], now: float) -> dict[str, list[tuple[float, int, bool]]]:
+        """Every stored row (and pruned row's kept key) the group's keys may repeat, in two
+        queries for the whole group: key → [(created_at, row id, row still there)]."""
+        since = min(0.0 if m.dedup_window is None else now - m.dedup_window for m in mails)
+        params = {"keys": sorted({m.dedup_key for m in mails}), "since": since, "now": now}
+        seen: dict[str, list[tuple[float, int, bool]]] = {}
+        for query, present in ((_FIND_KEYS, True), (_FIND_KEPT, False)):
+            for key, row_id, created in conn.execute(query, params):
+                seen.setdefault(key, []).append((created, row_id, present))
+        return seen
+
+    def _store_one(self, conn, mail: NewMail, now: float, seen: dict[str, list[tuple[float, int, bool]]]) -> Stored:
         since = 0.0 if mail.dedup_window is None else now - mail.dedup_window
-        existing = conn.execute(_FIND_KEY, {"key": mail.dedup_key, "since": since}).scalar()
-        if existing is not None:
-            conn.execute(_COUNT_DUPLICATE, {"row_id": existing, "now": now})
-            return Stored(existing, "duplicate")
-        pruned = conn.execute(_FIND_KEPT, {"key": mail.dedup_key, "since": since, "now": now}).scalar()
-        if pruned is not None:  # its row is gone (retention), its key is not
-            return Stored(pruned, "duplicate")
+        earlier = [(row_id, present) for created, row_id, present in seen.get(mail.dedup_key, ()) if created > since]
+        if earlier:
+            row_id, present = max(earlier)
+            if present:
+                conn.execute(_COUNT_DUPLICATE, {"row_id": row_id, "now": now})
+            # else its row is gone (retention), its key is not
+            return Stored(row_id, "duplicate")
         key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
         row_id = conn.execute(_INSERT, {
             "dedup_key": key, "fingerprint": mail.dedup_key, "source": mail.source, "kind": mail.kind,
@@ -420,6 +432,7 @@ class Outbox:
             "attempts": 0, "duplicates": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
             "reply_target": mail.reply_target,
         }).scalar_one()
+        seen.setdefault(mail.dedup_key, []).append((now, row_id, True))  # a repeat in this group
         return Stored(row_id, "ignored" if mail.ignored else "accepted")
 
     # -- sending

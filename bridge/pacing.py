@@ -199,7 +199,9 @@ class Pacer:
             send_id = conn.execute(sends.insert().values(account=self.key, at=now)
                                    .returning(sends.c.id)).scalar_one()
             if random.randrange(PRUNE_EVERY) == 0:
-                horizon = max([86400.0] + [w.seconds for w in self.windows(row)])
+                # As far back as a budget entry counts, or a refusal learns from: no further,
+                # so the log stays small where the account has no daily budget.
+                horizon = max([self.smtp.cooldowns[0]] + [w.seconds for w in self.windows(row)])
                 conn.execute(sends.delete().where(sends.c.account == self.key, sends.c.at < now - horizon))
             return Ticket(send_id, probe=bool(row.probe))
 

@@ -25,9 +25,11 @@ def script(mode: str, port: int, i: int) -> tuple[bytes, bytes]:
     """(what is sent at once, what is then trickled a byte at a time)."""
     if mode == "headers":
         return b"", b"POST /hooks/generic HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 4000
-    if mode == "body":
-        head = (f"POST /hooks/generic HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                f"Idempotency-Key: slow-{i}\r\nContent-Length: 1000000\r\n\r\n").encode()
+    if mode == "body":  # half of them to a source that checks a signature as the body streams in
+        path, extra = (("/hooks/generic", f"Idempotency-Key: slow-{i}") if i % 2 == 0 else
+                       ("/hooks/github", "X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=" + "0" * 64))
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"{extra}\r\nContent-Length: 1000000\r\n\r\n").encode()
         return head + b'{"subject": "slow", "text": "', b"x" * 2000
     return b"", b""
 

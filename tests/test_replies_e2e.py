@@ -6,7 +6,7 @@ SMTP server in the reply's thread."""
 from __future__ import annotations
 
 import email.policy
-import json
+import logging
 import time
 import uuid
 from email.message import EmailMessage
@@ -58,8 +58,10 @@ class WayBack:
         return read
 
 
-def reply(parent, text: str, sender: str = REPLIER, html: str | None = None, **headers) -> bytes:
-    """A Gmail-style reply: Re: subject, In-Reply-To / References, 'On … wrote:' and quotes."""
+def reply(parent, text: str, sender: str = REPLIER, html: str | None = None, charset: str = "utf-8",
+          **headers) -> bytes:
+    """A Gmail-style reply: Re: subject, In-Reply-To / References, 'On … wrote:' and quotes
+    (`charset="gb18030"`: encoded as QQ Mail and Foxmail do)."""
     msg = EmailMessage()
     msg["From"] = f"Oncall Person <{sender}>"
     msg["To"] = parent["Reply-To"] or parent["From"]
@@ -71,7 +73,8 @@ def reply(parent, text: str, sender: str = REPLIER, html: str | None = None, **h
     for name, value in headers.items():
         msg[name.replace("_", "-")] = value
     quoted = "\n".join("> " + line for line in parent.get_body(("plain",)).get_content().splitlines())
-    msg.set_content(f"{text}\n\nOn Tue, Dec 1, 2026 at 7:52 PM bridge <bridge@example.com> wrote:\n{quoted}\n")
+    msg.set_content(f"{text}\n\nOn Tue, Dec 1, 2026 at 7:52 PM bridge <bridge@example.com> wrote:\n{quoted}\n",
+                    charset=charset, cte="base64")
     if html:
         msg.add_alternative(html, subtype="html")
     return msg.as_bytes(policy=email.policy.SMTP)
@@ -86,7 +89,8 @@ def way_back(make_app, smtp_server, cafile, dovecot, httpserver, tmp_path):  # n
         {"errcode": 0, "errmsg": "ok"})
 
     def make(**env):
-        app = make_app(**smtp_server.env(cafile), IMAP_URL=dovecot.url(), MAIL_TO=REPLIER,
+        env.setdefault("IMAP_URL", dovecot.url())
+        app = make_app(**smtp_server.env(cafile), MAIL_TO=REPLIER,
                        GITHUB_TOKEN=GH_TOKEN, GITHUB_API_URL=httpserver.url_for("/api/v3"),
                        WECHAT_TOKEN=WECHAT_TOKEN, WECHAT_APPID="wxappid0001", WECHAT_APPSECRET="wx-secret",
                        WECHAT_API_URL=httpserver.url_for("/").rstrip("/"), BRIDGE_TIMEZONE="Asia/Shanghai",
@@ -95,14 +99,21 @@ def way_back(make_app, smtp_server, cafile, dovecot, httpserver, tmp_path):  # n
     return make
 
 
+def github_api(httpserver, number: int, first: tuple[dict, int] | None = None) -> str:
+    """GitHub's comment endpoint for issue `number`: 201 with GH_COMMENT, after `first` once."""
+    path = f"/api/v3/repos/acme/widgets/issues/{number}/comments"
+    if first:
+        httpserver.expect_oneshot_request(path, method="POST").respond_with_json(first[0], status=first[1])
+    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    return path
+
+
 def calls(httpserver, path: str) -> list:
     return [req for req, _ in httpserver.log if req.path == path]
 
 
 def test_github_reply_becomes_one_comment_and_a_confirmation(way_back, httpserver):
-    path = "/api/v3/repos/acme/widgets/issues/7/comments"
-    httpserver.expect_oneshot_request(path, method="POST").respond_with_json({"message": "Server Error"}, status=502)
-    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    path = github_api(httpserver, 7, first=({"message": "Server Error"}, 502))
     wb = way_back(RETRY_BASE_SECONDS="0")
     wb.github(7)
     (mail,) = wb.send(1)
@@ -143,11 +154,11 @@ def test_alert_reply_silences_the_group_and_unsilence_expires_it(way_back, alert
     (mail,) = wb.send(1)
     assert "Reply `silence 2h`" in mail.get_body(("plain",)).get_content()
 
-    wb.imap.deliver(reply(mail, "silence 3d deploying the fix"))
+    wb.imap.deliver(reply(mail, "silence 3d 正在部署修复", charset="gb18030"))
     wb.read()
     (silence,) = am.silences()
     assert {(m["name"], m["value"]) for m in silence["matchers"]} == set(labels.items())
-    assert silence["createdBy"] == REPLIER and silence["comment"] == "deploying the fix"
+    assert silence["createdBy"] == REPLIER and silence["comment"] == "正在部署修复"
     confirmation = wb.send(2)[-1]
     text = confirmation.get_body(("plain",)).get_content()
     assert silence["id"] in text and "CST" in text and "capped at REPLY_MAX_SILENCE" in text
@@ -220,8 +231,7 @@ def test_reply_to_action_latency(way_back, httpserver, monkeypatch, mode):
     from bridge.mail.imap import Mailbox
     if mode == "polling":  # Dovecot always offers IDLE: this reader behaves as if it did not
         monkeypatch.setattr(Mailbox, "can_idle", False)
-    path = "/api/v3/repos/acme/widgets/issues/11/comments"
-    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    path = github_api(httpserver, 11)
     wb = way_back(IMAP_POLL_SECONDS="2")
     wb.github(11)
     (mail,) = wb.send(1)
@@ -240,9 +250,7 @@ def test_reply_to_action_latency(way_back, httpserver, monkeypatch, mode):
 
 
 def test_a_refused_action_is_explained_shown_and_retried(way_back, httpserver):
-    path = "/api/v3/repos/acme/widgets/issues/12/comments"
-    httpserver.expect_oneshot_request(path, method="POST").respond_with_json({"message": "Not Found"}, status=404)
-    httpserver.expect_request(path, method="POST").respond_with_json(GH_COMMENT, status=201)
+    path = github_api(httpserver, 12, first=({"message": "Not Found"}, 404))
     wb = way_back(ADMIN_TOKEN="admin-tok")
     wb.github(12)
     (mail,) = wb.send(1)
@@ -264,3 +272,79 @@ def test_a_refused_action_is_explained_shown_and_retried(way_back, httpserver):
     assert GH_COMMENT["html_url"] in wb.send(3)[-1].get_body(("plain",)).get_content()
     listing = wb.client.get("/deliveries/replies", headers=auth).get_data(as_text=True)
     assert "oncall@example.com" in listing and "done" in listing
+
+
+@pytest.mark.parametrize("scheme", ["imap+starttls", "imap"])
+def test_starttls_and_plain_imap(way_back, dovecot, scheme):  # noqa: F811
+    """Besides implicit TLS (every test above): STARTTLS on the plain port, certificate checked
+    against SSL_CERT_FILE, and plain IMAP."""
+    wb = way_back(IMAP_URL=dovecot.url(scheme))
+    wb.github(13)
+    (mail,) = wb.send(1)
+    wb.imap.deliver(reply(mail, "over " + scheme))
+    assert wb.svc.inbox.once() == 1
+    (stored,) = wb.svc.replies.recent()
+    assert stored.text == "over " + scheme and stored.status == "queued"
+
+
+@pytest.fixture
+def bridge_log():
+    """The bridge logger's lines (it does not propagate to the root logger pytest listens on)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("bridge").addHandler(handler)
+    yield lines
+    logging.getLogger("bridge").removeHandler(handler)
+
+
+def test_a_lost_mailbox_is_retried_with_a_growing_pause(make_app, bridge_log):
+    from tests.smtpd import free_port
+    app = make_app(IMAP_URL=f"imaps://u%40x.com:p@127.0.0.1:{free_port()}/INBOX")
+    inbox = app.extensions["bridge"].inbox
+    inbox.start()
+    errors = lambda: [line for line in bridge_log if "event=inbox_error" in line]  # noqa: E731
+    try:
+        assert wait_until(lambda: len(errors()) >= 2, 8)
+    finally:
+        inbox.stop(timeout=5)
+    assert [line.split("retry_in=")[1].split()[0] for line in errors()[:2]] == ["1.0", "2.0"]
+    assert "ConnectionRefusedError" in errors()[0]
+
+
+def test_flask_inbox_once_reads_acts_and_exits(way_back, httpserver):
+    path = github_api(httpserver, 14)
+    wb = way_back()
+    wb.github(14)
+    (mail,) = wb.send(1)
+    wb.imap.deliver(reply(mail, "from cron"))
+    result = wb.app.test_cli_runner().invoke(args=["inbox", "--once"])
+    assert result.exit_code == 0 and "read 1 message(s) from 127.0.0.1" in result.output, result.output
+    assert len(calls(httpserver, path)) == 1
+    assert wb.svc.replies.lease("imap_reader", "someone else", 30)     # --once let go of the mailbox
+    result = wb.app.test_cli_runner().invoke(args=["inbox", "--once"])
+    assert "another process is reading the mailbox" in result.output
+
+
+def test_a_reply_to_a_mail_about_nothing_answerable_says_so(way_back, httpserver):
+    wb = way_back()
+    answer = wb.client.post("/hooks/generic", json={"subject": "nightly backup done", "text": "42 GB"})
+    assert answer.status_code == 202
+    (mail,) = wb.send(1)
+    assert mail["Reply-To"] and "Reply to this mail" not in mail.get_body(("plain",)).get_content()
+    wb.imap.deliver(reply(mail, "thanks!"))
+    wb.read()
+    text = wb.send(2)[-1].get_body(("plain",)).get_content()
+    assert "This mail cannot be answered" in text and "Nothing was done" in text
+    assert not httpserver.log
+
+
+def test_a_refused_login_says_which_password_to_use(way_back, dovecot, bridge_log):  # noqa: F811
+    wb = way_back(IMAP_URL=dovecot.url().replace(dovecot.password, "the-mailbox-password"))
+    wb.svc.inbox.start()
+    try:
+        assert wait_until(lambda: any("event=inbox_error" in line for line in bridge_log), 10)
+    finally:
+        wb.svc.inbox.stop(timeout=5)
+    text = "\n".join(bridge_log)
+    assert "LoginError" in text and "授权码" in text and "the-mailbox-password" not in text

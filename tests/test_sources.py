@@ -143,10 +143,10 @@ def test_a_failing_template_gives_the_generic_mail(tmp_path, template, caplog):
         subject: "{template}"
         """)
     with caplog.at_level(logging.ERROR, logger="bridge"):
-        event = run(src, {"project": "widgets", "zero": 0, "nested": {"ref": "main"}})
+        event = run(src, {"project": "widgets", "zero": 0, "nested": {"ref": "main", "secret": "hunter2"}})
     assert event.context["subject"] == "[widgets] build from acme"
     assert "nested.ref: main" in event.context["text"] and "project: widgets" in event.context["text"]
-    assert event.ignored is None and "class" not in event.context["text"]
+    assert event.ignored is None and "class" not in event.context["text"] and "hunter2" not in event.context["text"]
     assert "render_failed" in caplog.text or "__class__" in template   # an unsafe attribute is just undefined
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import requests
 
-USER_AGENT = "bridge (+https://github.com/; replies by mail)"
+USER_AGENT = "bridge-replies/1 (mail replies to GitHub, WeChat, Alertmanager)"
 
 
 @dataclass(frozen=True)

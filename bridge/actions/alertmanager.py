@@ -24,7 +24,9 @@ def _answer(response) -> str:
 
 
 def create_silence(http, base: str, timeout: float, matchers: list[dict[str, Any]], seconds: int,
-                   created_by: str, comment: str) -> Done | Refused | Later:
+                   created_by: str, comment: str, link_base: str | None = None) -> Done | Refused | Later:
+    """`link_base`: the Alertmanager people open (its externalURL), when the API is reached
+    at another address."""
     now = datetime.now(timezone.utc)
     ends = now + timedelta(seconds=seconds)
     doc = {"matchers": matchers, "createdBy": created_by, "comment": comment,
@@ -39,7 +41,7 @@ def create_silence(http, base: str, timeout: float, matchers: list[dict[str, Any
     except (ValueError, KeyError, TypeError):
         return Later("Alertmanager's answer has no silenceID")
     return Done("silence", {"id": silence_id, "matchers": matchers, "ends_at": ends.timestamp(),
-                            "url": f"{base}/#/silences/{silence_id}"})
+                            "url": f"{link_base or base}/#/silences/{silence_id}"})
 
 
 def expire_silence(http, base: str, timeout: float, silence_id: str) -> Done | Refused | Later:
@@ -79,7 +81,8 @@ def perform(action: Mapping[str, Any], ctx: Context) -> Done | Refused | Later:
     if action["op"] == "silence":
         outcome = create_silence(ctx.http, base, replies.api_timeout, matchers(action["labels"]),
                                  action["seconds"], ctx.sender,
-                                 action["comment"] or f"silenced by mail by {ctx.sender}")
+                                 action["comment"] or f"silenced by mail by {ctx.sender}",
+                                 link_base=action.get("external_url"))
         if isinstance(outcome, Done):
             return Done("silence", {**outcome.result, "capped": action["seconds"] < action["asked_seconds"]})
         return outcome

@@ -148,6 +148,8 @@ class ReplyStore:
         """Store a reply durably; None when its Message-ID is stored already (it acts once)."""
         now = time.time()
         with self.outbox._writing() as conn:
+            if self.outbox.is_postgres:  # two readers (a takeover, a cron --once) check one id in turn
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": reply.message_id})
             if conn.execute(sa.select(replies.c.id).where(replies.c.message_id == reply.message_id)).first():
                 return None
             return conn.execute(replies.insert().returning(replies.c.id).values(

@@ -14,12 +14,13 @@ import time
 from typing import Iterable
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientError, LoginError
 
 from bridge.settings import ImapSettings
 
 ID_FIELDS = {"name": "bridge", "version": "1", "vendor": "bridge", "support-email": "bridge@localhost"}
 IMAP_ERRORS = (IMAPClientError, OSError, ssl.SSLError, EOFError)
+__all__ = ["IMAP_ERRORS", "LoginError", "Mailbox"]
 
 
 class Mailbox:
@@ -60,7 +61,9 @@ class Mailbox:
         return b"IDLE" in self.capabilities
 
     def new_uids(self, after: int | None) -> list[int]:
-        """UIDs of mail past `after` (None: the unseen mail), oldest first."""
+        """UIDs of mail past `after` (None: the unseen mail), oldest first. A NOOP first: a
+        server may show mail that arrived since the last command only then (Dovecot does)."""
+        self.client.noop()
         if after is None:
             found = self.client.search(["UNSEEN"])
         else:  # `n:*` always includes the highest UID, even when it is below n
@@ -81,11 +84,7 @@ class Mailbox:
 
     def wait(self, seconds: float, stopping: threading.Event) -> bool:
         """IDLE up to `seconds` for the server to say something (new mail), in 1 s steps so a
-        stop is quick; without IDLE, a NOOP (the connection is known alive). True when the
-        server said something."""
-        if not self.can_idle:
-            self.client.noop()
-            return False
+        stop is quick. True when the server said something."""
         deadline = time.monotonic() + seconds
         self.client.idle()
         try:

@@ -21,6 +21,8 @@ from bridge.render import one_line
 
 GENERIC_LINES = 60      # a generic mail lists at most this many payload fields
 GENERIC_VALUE = 300     # characters of one value in a generic mail
+# Fields a generic mail leaves out: old Gitea put the webhook secret in the body.
+SECRET_WORDS = ("secret", "token", "password", "authorization", "signature")
 # Where a payload usually names what it is about, most specific first.
 NAME_PATHS = (("project", "path_with_namespace"), ("repository", "full_name"), ("project", "name"),
               ("repository", "name"), ("project_name",), ("project",), ("issue", "key"),
@@ -122,7 +124,8 @@ def truthy(rendered: str) -> bool:
 def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     if isinstance(value, dict):
         for key, item in value.items():
-            yield from _leaves(item, f"{path}.{key}" if path else str(key))
+            if not any(word in str(key).lower() for word in SECRET_WORDS):
+                yield from _leaves(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             yield from _leaves(item, f"{path}[{i}]")
