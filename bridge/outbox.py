@@ -612,7 +612,7 @@ class Outbox:
             rows = conn.execute(sa.select(outbox).where(self._DIGESTIBLE, outbox.c.mail_to == mail_to)
                                 .order_by(outbox.c.id).with_for_update(skip_locked=True)).all()
             for carried, mail in make_digests(rows):
-                stored = self._store_one(conn, mail, now)
+                stored = self._store_one(conn, mail, now, self._seen_keys(conn, [mail], now))
                 conn.execute(outbox.update().where(outbox.c.id == stored.id)
                              .values(digest_of=json.dumps(carried)))
                 conn.execute(outbox.update().where(outbox.c.id.in_(carried))
