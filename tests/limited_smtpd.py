@@ -30,9 +30,16 @@ class LimitedHandler(Handler):
         if srv.hold is not None:  # a test kills the sender while this mail is on the wire
             await smtp.loop.run_in_executor(None, srv.hold.wait, 30)
             return "451 4.3.0 held"
+        with srv.lock:  # checked again: two sessions may both have passed MAIL FROM
+            refused = srv.refusal()
+            if not refused:
+                srv.accepted_at.append(time.monotonic())
+        if refused:
+            return refused
         answer = await super().handle_DATA(smtp, session, envelope)
-        with srv.lock:
-            srv.accepted_at.append(time.monotonic())
+        if not answer.startswith("250"):
+            with srv.lock:
+                srv.accepted_at.pop()
         return answer
 
 
