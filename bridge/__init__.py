@@ -15,6 +15,7 @@ from bridge.actions.runner import ActionRunner
 from bridge.actions.store import ReplyStore
 from bridge.bodies import MemoryBudget
 from bridge.inbox import Inbox
+from bridge.invite import invited
 from bridge.logs import log_line, setup_logging
 from bridge.mail.attachments import fetch_attachments
 from bridge.mail.maildir import MaildirTransport
@@ -97,7 +98,8 @@ def build_services(settings: Settings, every_source: Mapping[str, object]) -> Se
     services.sender = Sender(outbox, services.make_transport, batch_size=settings.batch_size,
                              lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                              attach=fetch_attachments, pacer=pacer,
-                             digester=Digester(outbox, pacer, renderer, settings),
+                             digester=Digester(outbox, pacer, renderer, settings,
+                                               invite=lambda mail, target: invited(services, mail, target)),
                              prune=lambda: services.retention.prune(outbox, pause=PRUNE_PAUSE,
                                                                       replies=services.replies))
     services.replies = ReplyStore(outbox)

@@ -116,11 +116,19 @@ def digest_mail(group: Group, rendered, domain: str) -> NewMail:
         headers=headers)
 
 
+def shared_target(group: Group) -> dict | None:
+    """What answering the digest acts on: the thread's target when every event it carries has
+    that one (a storm on one issue); a digest of many things has none."""
+    targets = {row.reply_target for row in group.rows}
+    return json.loads(targets.pop()) if group.thread and len(targets) == 1 and None not in targets else None
+
+
 class Digester:
     """Looks at the queue (at most once a second per process) and combines what waits."""
 
-    def __init__(self, outbox, pacer, renderer, settings):
+    def __init__(self, outbox, pacer, renderer, settings, invite=lambda mail, target: mail):
         self.outbox, self.pacer, self.renderer, self.settings = outbox, pacer, renderer, settings
+        self.invite = invite  # (mail, reply target) → the mail as stored: answerable when replies are on
         self._looked = 0.0
         self._lock = threading.Lock()
 
@@ -157,5 +165,5 @@ class Digester:
             event = Event(source=group.rows[0].source, kind="digest", dedup_key="", template="digest/digest",
                           context=digest_context(group, self.settings.timezone))
             mail = digest_mail(group, self.renderer.render(event), mail_domain(group.rows[0].mail_from))
-            out.append(([r.id for r in group.rows], mail))
+            out.append(([r.id for r in group.rows], self.invite(mail, shared_target(group))))
         return out

@@ -1,6 +1,7 @@
 """Storms against provider limits, on a real SMTP server that limits the account
 (tests/limited_smtpd.py): the bridge learns the limit from the answers, pauses, paces, digests,
 and delivers every event without a dead row."""
+import json
 import re
 import threading
 
@@ -90,6 +91,19 @@ def test_a_daily_quota_pauses_until_the_next_day_and_says_so(live_bridge, limite
     assert re.search(r"events in 12</span>.*mails out 5</span>.*digests 0</span>.*provider refusals [12]</span>",
                      page, re.S)
 
+
+
+def test_with_replies_on_a_digest_can_be_answered_like_any_mail(make_app, limited):
+    from bridge.inbox import Inbox
+    server = limited()
+    app = make_app(**server.env(), **FAST, SMTP_RATE="2/min", MAIL_FROM="bridge@example.com",
+                   IMAP_URL="imaps://bridge%40example.com:pw@127.0.0.1:1/INBOX", REPLY_TO="replies@example.com")
+    svc = app.extensions["bridge"]
+    post_storm(app.test_client(), 6)
+    assert svc.sender.digester.maybe_combine() == 1
+    digest = next(r for r in svc.outbox.recent() if r.digest_of)
+    assert json.loads(digest.headers)["Reply-To"] == "replies@example.com"
+    assert Inbox(svc).answered([digest.message_id]).id == digest.id     # signed: a reply finds it
 
 def test_digested_event_resends_alone_and_digest_lists_its_events(make_app, limited):
     server = limited()
