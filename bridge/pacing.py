@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -52,6 +53,7 @@ sends = sa.Table(
 
 PROBE_LEASE = 120.0   # a probe that never reports back (its process died) frees the way after this
 PRUNE_EVERY = 50      # reservations, on average, between clean-ups of the send log
+ROW_FRESH = 0.25      # seconds a read of the account row serves the mails that follow it
 GATE_POLL = 1.0       # how often a thread that waits on a probe or a lowered connection count looks again
 
 
@@ -116,6 +118,7 @@ class Pacer:
         self.provider = preset.name if preset else f"The SMTP server {smtp.host}"
         # A daily quota comes back at the provider's midnight; for others, at BRIDGE_TIMEZONE's.
         self.day_zone = ZoneInfo(preset.day_zone) if preset else zone
+        self._recent: tuple[float, Any] = (0.0, None)   # (monotonic time, account row) of the last read
         self._ensure_row()
 
     # -- the account row
@@ -180,9 +183,14 @@ class Pacer:
 
     def reserve(self) -> Ticket | float:
         """Take a token for one mail (atomically, across processes), or say how long to wait.
-        With no budget and no probe due, a read is enough: there is no token to take."""
-        with self.outbox.engine.connect() as conn:
-            row = self._row(conn)
+        With no budget and no probe due, a read is enough: there is no token to take, and a read
+        at most ROW_FRESH old will do (a pause another process starts is seen that much later;
+        one this process starts, at once)."""
+        read_at, row = self._recent
+        if row is None or time.monotonic() - read_at > ROW_FRESH:
+            with self.outbox.engine.connect() as conn:
+                row = self._row(conn)
+            self._recent = (time.monotonic(), row)
         now = time.time()
         if row.paused_until and row.paused_until > now:
             return row.paused_until - now
@@ -225,6 +233,7 @@ class Pacer:
     def refused(self, ticket: Ticket, kind: str, answer: str) -> float:
         """The server answered with a limit: pause the account (or use fewer connections).
         Returns the seconds until the pause ends."""
+        self._recent = (0.0, None)
         with self.outbox._writing(durable=False) as conn:
             row = self._row(conn, lock=True)
             now = time.time()
