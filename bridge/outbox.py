@@ -438,19 +438,25 @@ class Outbox:
     # -- sending
     def claim(self, limit: int, lease: float) -> tuple[str, list[Row]]:
         """Take up to `limit` due rows for `lease` seconds; returns the claim token and rows."""
-        token = uuid.uuid4().hex
-        now = time.time()
-        due = sa.or_(
+        return self.claim_rows(outbox, lambda now: sa.or_(
             sa.and_(outbox.c.status.in_((QUEUED, RETRYING)), outbox.c.next_attempt_at <= now),
             sa.and_(outbox.c.status == SENDING, outbox.c.claimed_until < now),
-        )
-        ids = (sa.select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at, outbox.c.id)
+        ), SENDING, limit, lease)
+
+    def claim_rows(self, table: sa.Table, due, claimed_status, limit: int, lease: float) -> tuple[str, list[Row]]:
+        """The lease every queue here uses (mails, reply actions): up to `limit` rows of `table`
+        for which `due(now)` holds, skipping rows another process has locked, are marked
+        `claimed_status` under a new token for `lease` seconds; (token, rows by id). Every later
+        write is fenced by the token, so a sender whose lease ran out changes nothing."""
+        token = uuid.uuid4().hex
+        now = time.time()
+        ids = (sa.select(table.c.id).where(due(now)).order_by(table.c.next_attempt_at, table.c.id)
                .limit(limit).with_for_update(skip_locked=True))
         with self._writing(durable=False) as conn:
             rows = conn.execute(
-                outbox.update().where(outbox.c.id.in_(ids.scalar_subquery()))
-                .values(status=SENDING, claim=token, claimed_until=now + lease, updated_at=now)
-                .returning(*outbox.c)
+                table.update().where(table.c.id.in_(ids.scalar_subquery()))
+                .values(status=claimed_status, claim=token, claimed_until=now + lease, updated_at=now)
+                .returning(*table.c)
             ).all()
         return token, sorted(rows, key=lambda r: r.id)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -162,23 +161,12 @@ class ReplyStore:
 
     def claim(self, limit: int, lease: float) -> tuple[str, list[Row]]:
         """Due actions, and finished ones whose confirmation is not queued yet."""
-        token = uuid.uuid4().hex
-        now = time.time()
-        due = sa.or_(
+        return self.outbox.claim_rows(replies, lambda now: sa.or_(
             sa.and_(replies.c.status.in_((QUEUED, RETRYING)), replies.c.next_attempt_at <= now),
             sa.and_(replies.c.status == RUNNING, replies.c.claimed_until < now),
             sa.and_(replies.c.status.in_((DONE, FAILED)), replies.c.confirmation_id.is_(None),
                     sa.or_(replies.c.claimed_until.is_(None), replies.c.claimed_until < now)),
-        )
-        ids = (sa.select(replies.c.id).where(due).order_by(replies.c.next_attempt_at, replies.c.id)
-               .limit(limit).with_for_update(skip_locked=True))
-        with self.outbox._writing(durable=False) as conn:
-            rows = conn.execute(
-                replies.update().where(replies.c.id.in_(ids.scalar_subquery()))
-                .values(status=sa.case((replies.c.status.in_((DONE, FAILED)), replies.c.status), else_=RUNNING),
-                        claim=token, claimed_until=now + lease, updated_at=now)
-                .returning(*replies.c)).all()
-        return token, sorted(rows, key=lambda r: r.id)
+        ), sa.case((replies.c.status.in_((DONE, FAILED)), replies.c.status), else_=RUNNING), limit, lease)
 
     def hold(self, row_id: int, token: str, lease: float) -> bool:
         """Renew one claimed row's lease just before it is performed; False when the lease ran
