@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from bridge.events import UNIT_SECONDS
 from bridge.outbox import Outbox, Pruned
 
 DAY = 86400.0
 PRUNE_EVERY = 600.0     # seconds between two automatic prunes in one process
 PRUNE_PAUSE = 0.05      # seconds between two batches of an automatic prune: intake goes first
-UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY}
 AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
 
 
@@ -22,7 +22,7 @@ def parse_age(text: str) -> float:
     match = AGE.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not an age like 30d, 12h, 90m or 0s")
-    return float(match.group(1)) * UNITS[match.group(2)]
+    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
 @dataclass(frozen=True)
