@@ -1,4 +1,5 @@
 """gunicorn settings for the Procfile's web process (Heroku-style: PORT, WEB_CONCURRENCY)."""
+import contextlib
 import glob
 import os
 import resource
@@ -60,7 +61,9 @@ def on_starting(server):
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*_*.db")):
         pid = path.rsplit("_", 1)[1][:-len(".db")]
         if pid.isdigit() and not _alive(int(pid)):
-            os.remove(path)
+            # another gunicorn on the same folder may be sweeping it at the same moment
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def _alive(pid):

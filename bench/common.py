@@ -105,8 +105,11 @@ def bridge_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 def gunicorn(app: str, port: int, log: Path, env: dict[str, str]) -> Child:
     """gunicorn with the Procfile's settings (gunicorn.conf.py) on a loopback port."""
+    # its own counter folder: gunicorn sweeps the folder at start, and the user's var/metrics
+    # is not the benchmark's
+    metrics = {"PROMETHEUS_MULTIPROC_DIR": str(log.parent / f"metrics-{port}")}
     return Child([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", app],
-                 log, env={"PORT": str(port), **env})
+                 log, env={"PORT": str(port), **metrics, **env})
 
 
 def worker(log: Path, env: dict[str, str]) -> Child:

@@ -118,23 +118,64 @@ class Pruned:
                       self.kept_keys + other.kept_keys, self.expired_keys + other.expired_keys)
 
 
+class Prepared:
+    """A statement compiled once per dialect and run on the DB-API cursor of a connection that
+    is in a transaction. Intake and the sender run these per mail, and SQLAlchemy's work per
+    execution (compiling, an execution context, a result object, events) cost more than the
+    database's own: about 0.2 ms of CPU per stored mail on SQLite. `columns`: for an INSERT,
+    the columns every caller gives (no Python-side defaults are applied here)."""
+
+    def __init__(self, statement, columns: Iterable[str] | None = None):
+        self.statement, self.columns = statement, list(columns) if columns else None
+        self._compiled: dict[str, tuple[str, list[str] | None, dict]] = {}
+
+    def _compile(self, dialect) -> tuple[str, list[str] | None, dict]:
+        if dialect.name not in self._compiled:
+            compiled = self.statement.compile(dialect=dialect, column_keys=self.columns)
+            # literal values in the statement (status=SENT, claim=None) are bound parameters
+            # with a value; a parameter the caller must give has none
+            defaults = {name: value for name, value in compiled.params.items()
+                        if compiled.binds[name].unique and not compiled.binds[name].required}
+            self._compiled[dialect.name] = (compiled.string, compiled.positiontup, defaults)
+        return self._compiled[dialect.name]
+
+    def run(self, conn, params: Mapping[str, Any]):
+        """Execute with `params`; the DB-API cursor (rowcount, fetchone). A driver error comes
+        back as SQLAlchemy's (OperationalError, IntegrityError, ...), as from conn.execute."""
+        sql, names, defaults = self._compile(conn.dialect)
+        given = {**defaults, **params}
+        args = [given[name] for name in names] if names is not None else given
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, args)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise sa.exc.DBAPIError.instance(sql, args, exc, conn.dialect.loaded_dbapi.Error) from exc
+        return cursor
+
+
 # Built once: intake and the sender run these per mail, and building a statement costs more
 # than running it.
-_FIND_KEYS = (sa.select(outbox.c.fingerprint, outbox.c.id, outbox.c.created_at)
-              .where(outbox.c.fingerprint.in_(sa.bindparam("keys", expanding=True)),
-                     outbox.c.created_at > sa.bindparam("since")))
-_COUNT_DUPLICATE = (outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
-                    .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
-_INSERT = outbox.insert().returning(outbox.c.id)
-_MARK_SENT = (outbox.update()
-              .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.claim == sa.bindparam("token"))
-              .values(status=SENT, sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
-                      attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
-                      last_error=None, hint=None))
-_LOG_ATTEMPT = attempts.insert()
-_FIND_KEPT = (sa.select(kept_keys.c.fingerprint, kept_keys.c.outbox_id, kept_keys.c.created_at)
-              .where(kept_keys.c.fingerprint.in_(sa.bindparam("keys", expanding=True)),
-                     kept_keys.c.created_at > sa.bindparam("since"), kept_keys.c.until > sa.bindparam("now")))
+# A group's dedup keys are looked up in KEY_SLOTS fixed parameters (the spare ones repeat a
+# key), so the lookup is one compiled statement whatever the group's size.
+KEY_SLOTS = 64
+_SLOTS = [sa.bindparam(f"key{i}") for i in range(KEY_SLOTS)]
+_FIND_KEYS = Prepared(sa.select(outbox.c.fingerprint, outbox.c.id, outbox.c.created_at)
+                      .where(outbox.c.fingerprint.in_(_SLOTS), outbox.c.created_at > sa.bindparam("since")))
+_COUNT_DUPLICATE = Prepared(outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
+                            .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
+_INSERT = Prepared(outbox.insert().returning(outbox.c.id), columns=(
+    "dedup_key", "fingerprint", "source", "kind", "route", "delivery_id", "status", "subject", "text",
+    "html", "mail_from", "mail_to", "message_id", "in_reply_to", "headers", "attachments", "request",
+    "attempts", "duplicates", "next_attempt_at", "created_at", "updated_at", "reply_target"))
+_MARK_SENT = Prepared(outbox.update()
+                      .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.claim == sa.bindparam("token"))
+                      .values(status=SENT, sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
+                              attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
+                              last_error=None, hint=None))
+_LOG_ATTEMPT = Prepared(attempts.insert(), columns=("outbox_id", "at", "outcome", "detail", "seconds"))
+_FIND_KEPT = Prepared(sa.select(kept_keys.c.fingerprint, kept_keys.c.outbox_id, kept_keys.c.created_at)
+                      .where(kept_keys.c.fingerprint.in_(_SLOTS), kept_keys.c.created_at > sa.bindparam("since"),
+                             kept_keys.c.until > sa.bindparam("now")))
 
 
 @dataclass(frozen=True)
@@ -403,11 +444,15 @@ class Outbox:
         """Every stored row (and pruned row's kept key) the group's keys may repeat, in two
         queries for the whole group: key → [(created_at, row id, row still there)]."""
         since = min(0.0 if m.dedup_window is None else now - m.dedup_window for m in mails)
-        params = {"keys": sorted({m.dedup_key for m in mails}), "since": since, "now": now}
+        keys = sorted({m.dedup_key for m in mails})
         seen: dict[str, list[tuple[float, int, bool]]] = {}
-        for query, present in ((_FIND_KEYS, True), (_FIND_KEPT, False)):
-            for key, row_id, created in conn.execute(query, params):
-                seen.setdefault(key, []).append((created, row_id, present))
+        for start in range(0, len(keys), KEY_SLOTS):
+            chunk = keys[start:start + KEY_SLOTS]
+            params = {f"key{i}": chunk[min(i, len(chunk) - 1)] for i in range(KEY_SLOTS)}
+            params.update(since=since, now=now)
+            for query, present in ((_FIND_KEYS, True), (_FIND_KEPT, False)):
+                for key, row_id, created in query.run(conn, params).fetchall():
+                    seen.setdefault(key, []).append((created, row_id, present))
         return seen
 
     def _store_one(self, conn, mail: NewMail, now: float, seen: dict[str, list[tuple[float, int, bool]]]) -> Stored:
@@ -416,11 +461,11 @@ class Outbox:
         if earlier:
             row_id, present = max(earlier)
             if present:
-                conn.execute(_COUNT_DUPLICATE, {"row_id": row_id, "now": now})
+                _COUNT_DUPLICATE.run(conn, {"row_id": row_id, "now": now})
             # else its row is gone (retention), its key is not
             return Stored(row_id, "duplicate")
         key = mail.dedup_key if mail.dedup_window is None else f"{mail.dedup_key}@{now:.6f}"
-        row_id = conn.execute(_INSERT, {
+        row_id = _INSERT.run(conn, {
             "dedup_key": key, "fingerprint": mail.dedup_key, "source": mail.source, "kind": mail.kind,
             "route": mail.route, "delivery_id": mail.delivery_id,
             "status": IGNORED if mail.ignored else QUEUED,
@@ -431,7 +476,7 @@ class Outbox:
             "request": json.dumps(mail.request, ensure_ascii=False) if mail.request else None,
             "attempts": 0, "duplicates": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
             "reply_target": mail.reply_target,
-        }).scalar_one()
+        }).fetchone()[0]
         seen.setdefault(mail.dedup_key, []).append((now, row_id, True))  # a repeat in this group
         return Stored(row_id, "ignored" if mail.ignored else "accepted")
 
@@ -465,7 +510,7 @@ class Outbox:
         only the message it had in hand."""
         now = time.time()
         with self._writing(durable=False) as conn:
-            done = conn.execute(_MARK_SENT, {"row_id": row_id, "token": token, "now": now}).rowcount
+            done = _MARK_SENT.run(conn, {"row_id": row_id, "token": token, "now": now}).rowcount
             self._log_attempt(conn, row_id, now, SENT, detail, seconds)
         return bool(done)
 
@@ -528,7 +573,7 @@ class Outbox:
 
     @staticmethod
     def _log_attempt(conn, row_id: int, at: float, outcome: str, detail: str, seconds: float) -> None:
-        conn.execute(_LOG_ATTEMPT, {"outbox_id": row_id, "at": at, "outcome": outcome,
+        _LOG_ATTEMPT.run(conn, {"outbox_id": row_id, "at": at, "outcome": outcome,
                                     "detail": detail[:2000], "seconds": seconds})
 
     # -- retention
