@@ -35,6 +35,8 @@ def top(raw: Path, count: int = 15) -> str:
     own, total, busy = collections.Counter(), collections.Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue
         # "name (file.py:line)" → "name (file.py)": one row per function, not per line
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")
                   if not f.startswith(("process ", "thread "))]

@@ -157,8 +157,9 @@ class Prepared:
 # than running it.
 # A group's dedup keys are looked up in KEY_SLOTS fixed parameters (the spare ones repeat a
 # key), so the lookup is one compiled statement whatever the group's size.
-KEY_SLOTS = 64
-_SLOTS = [sa.bindparam(f"key{i}") for i in range(KEY_SLOTS)]
+KEY_SLOTS = 16
+_SLOT_NAMES = [f"key{i}" for i in range(KEY_SLOTS)]
+_SLOTS = [sa.bindparam(name) for name in _SLOT_NAMES]
 _FIND_KEYS = Prepared(sa.select(outbox.c.fingerprint, outbox.c.id, outbox.c.created_at)
                       .where(outbox.c.fingerprint.in_(_SLOTS), outbox.c.created_at > sa.bindparam("since")))
 _COUNT_DUPLICATE = Prepared(outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
@@ -448,8 +449,7 @@ class Outbox:
         seen: dict[str, list[tuple[float, int, bool]]] = {}
         for start in range(0, len(keys), KEY_SLOTS):
             chunk = keys[start:start + KEY_SLOTS]
-            params = {f"key{i}": chunk[min(i, len(chunk) - 1)] for i in range(KEY_SLOTS)}
-            params.update(since=since, now=now)
+            params = dict(zip(_SLOT_NAMES, chunk + chunk[-1:] * (KEY_SLOTS - len(chunk))), since=since, now=now)
             for query, present in ((_FIND_KEYS, True), (_FIND_KEPT, False)):
                 for key, row_id, created in query.run(conn, params).fetchall():
                     seen.setdefault(key, []).append((created, row_id, present))
