@@ -3,6 +3,7 @@ for headers, JSON bodies and secrets. Nothing here knows a source, a template or
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import re
@@ -136,8 +137,13 @@ def selected(names: list[str], globs: tuple[str, ...] | list[str]) -> bool:
 
 def matches_any(value: str, globs: tuple[str, ...] | list[str]) -> bool:
     """Globs with * and ? only: brackets are literal, so `*[bot]` means what it says."""
-    return any(re.fullmatch(re.escape(g).replace(r"\*", ".*").replace(r"\?", "."), value, re.DOTALL)
-               for g in globs)
+    return any(_glob(g).fullmatch(value) for g in globs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern:
+    # compiled once: the filters run per request over the same few settings
+    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), re.DOTALL)
 
 
 DURATION = re.compile(r"(?:\d+[smhdw])+")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import metrics
@@ -28,8 +28,8 @@ def services():
 
 
 def answer(code: int, status: str, **fields):
-    body = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
-    return jsonify(body), code
+    """(JSON body, code): Flask serialises it once, and the request's log line reads the dict."""
+    return {"status": status, **{k: v for k, v in fields.items() if v is not None}}, code
 
 
 def body_check(source, headers, config):
@@ -52,7 +52,7 @@ def hook(name: str, route: str | None = None):
     if source is None:
         return answer(404, "error", reason=f"no source named {name!r}")
     result = _take(source, route)
-    code, body = result[1], result[0].get_json()
+    body, code = result[0], result[1]
     metrics.request(name, code, body.get("status"))
     log_line("request", source=name, route=route, code=code, outcome=body.get("status"),
              outbox_id=body.get("id"), reason=body.get("reason"),
@@ -92,9 +92,7 @@ def _take(source, route: str | None):
 def unread_answer(exc: Rejected):
     """A refusal that may leave part of the body unread: the connection is closed after it, so
     the server does not read (or wait for) the rest of that body."""
-    result = answer(exc.status, "error", reason=exc.reason)
-    result[0].headers["Connection"] = "close"
-    return result
+    return (*answer(exc.status, "error", reason=exc.reason), {"Connection": "close"})
 
 
 def _parse_and_store(svc, source, headers, body: bytes, config, recipients, route: str | None):
