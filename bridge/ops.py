@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 
 from flask import (Blueprint, Flask, Response, current_app, flash, jsonify, redirect,
                    render_template, request, session, url_for)
+from flask.sessions import SecureCookieSessionInterface
 from jinja2 import select_autoescape
 
 from bridge.logs import log_line
@@ -37,12 +38,26 @@ MAIL_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src dat
             "font-src data:; frame-ancestors 'self'; base-uri 'none'")
 
 
+WEBHOOK_PATHS = ("/hooks/", "/wechat")
+
+
+class PageSessions(SecureCookieSessionInterface):
+    """The signed cookie session of these pages. Webhook requests carry none: they skip the
+    cookie and the signing serializer Flask would otherwise build for every request."""
+
+    def open_session(self, app: Flask, request):
+        if request.path.startswith(WEBHOOK_PATHS):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+
 def register(app: Flask) -> None:
     # Our page templates end in .html.j2, which Flask would not escape by default.
     app.jinja_options = {**app.jinja_options,
                          "autoescape": select_autoescape(("html", "htm", "xml", "html.j2"))}
     app.config.update(SESSION_COOKIE_NAME="bridge_session", SESSION_COOKIE_SAMESITE="Lax",
                       PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12))
+    app.session_interface = PageSessions()
     app.register_blueprint(bp)
 
 
