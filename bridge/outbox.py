@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import json
 import queue
 import random
@@ -153,15 +154,24 @@ class Prepared:
         return cursor
 
 
+KEY_SLOTS = (1, 2, 4, 8, 16)
+
+
+@functools.lru_cache(maxsize=None)
+def _key_lookups(slots: int) -> tuple[Prepared, Prepared]:
+    """The dedup lookups (stored rows; kept keys of pruned ones) for `slots` keys. A group's
+    keys fill the smallest that holds them, spare slots repeating a key: five compiled
+    statements serve every group size, and a lone key is an equality, not a set to build."""
+    keys = [sa.bindparam(f"key{i}") for i in range(slots)]
+    return (Prepared(sa.select(outbox.c.fingerprint, outbox.c.id, outbox.c.created_at)
+                     .where(outbox.c.fingerprint.in_(keys), outbox.c.created_at > sa.bindparam("since"))),
+            Prepared(sa.select(kept_keys.c.fingerprint, kept_keys.c.outbox_id, kept_keys.c.created_at)
+                     .where(kept_keys.c.fingerprint.in_(keys), kept_keys.c.created_at > sa.bindparam("since"),
+                            kept_keys.c.until > sa.bindparam("now"))))
+
+
 # Built once: intake and the sender run these per mail, and building a statement costs more
 # than running it.
-# A group's dedup keys are looked up in KEY_SLOTS fixed parameters (the spare ones repeat a
-# key), so the lookup is one compiled statement whatever the group's size.
-KEY_SLOTS = 16
-_SLOT_NAMES = [f"key{i}" for i in range(KEY_SLOTS)]
-_SLOTS = [sa.bindparam(name) for name in _SLOT_NAMES]
-_FIND_KEYS = Prepared(sa.select(outbox.c.fingerprint, outbox.c.id, outbox.c.created_at)
-                      .where(outbox.c.fingerprint.in_(_SLOTS), outbox.c.created_at > sa.bindparam("since")))
 _COUNT_DUPLICATE = Prepared(outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
                             .values(duplicates=outbox.c.duplicates + 1, updated_at=sa.bindparam("now")))
 _INSERT = Prepared(outbox.insert().returning(outbox.c.id), columns=(
@@ -174,9 +184,6 @@ _MARK_SENT = Prepared(outbox.update()
                               attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
                               last_error=None, hint=None))
 _LOG_ATTEMPT = Prepared(attempts.insert(), columns=("outbox_id", "at", "outcome", "detail", "seconds"))
-_FIND_KEPT = Prepared(sa.select(kept_keys.c.fingerprint, kept_keys.c.outbox_id, kept_keys.c.created_at)
-                      .where(kept_keys.c.fingerprint.in_(_SLOTS), kept_keys.c.created_at > sa.bindparam("since"),
-                             kept_keys.c.until > sa.bindparam("now")))
 
 
 @dataclass(frozen=True)
@@ -447,10 +454,13 @@ class Outbox:
         since = min(0.0 if m.dedup_window is None else now - m.dedup_window for m in mails)
         keys = sorted({m.dedup_key for m in mails})
         seen: dict[str, list[tuple[float, int, bool]]] = {}
-        for start in range(0, len(keys), KEY_SLOTS):
-            chunk = keys[start:start + KEY_SLOTS]
-            params = dict(zip(_SLOT_NAMES, chunk + chunk[-1:] * (KEY_SLOTS - len(chunk))), since=since, now=now)
-            for query, present in ((_FIND_KEYS, True), (_FIND_KEPT, False)):
+        for start in range(0, len(keys), KEY_SLOTS[-1]):
+            chunk = keys[start:start + KEY_SLOTS[-1]]
+            slots = next(n for n in KEY_SLOTS if n >= len(chunk))
+            params = {f"key{i}": chunk[min(i, len(chunk) - 1)] for i in range(slots)}
+            params.update(since=since, now=now)
+            stored, kept = _key_lookups(slots)
+            for query, present in ((stored, True), (kept, False)):
                 for key, row_id, created in query.run(conn, params).fetchall():
                     seen.setdefault(key, []).append((created, row_id, present))
         return seen
