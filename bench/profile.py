@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import subprocess
 import sys
@@ -25,9 +26,11 @@ from bench.common import (BIN, SmtpProcess, bridge_env, free_port, gunicorn, wai
 from bench.payloads import SECRET
 
 def record(pid: int, seconds: int, out: Path) -> None:
+    # PROFILE_IDLE=1: wall time (every thread, waiting too) instead of the GIL holders only
     subprocess.run([str(BIN / "py-spy"), "record", "--pid", str(pid), "--subprocesses",
                     "--duration", str(seconds), "--rate", "200", "--format", "raw", "--output", str(out),
-                    "--nonblocking", "--gil"], check=True, capture_output=True)
+                    "--nonblocking", *(["--idle"] if os.environ.get("PROFILE_IDLE") else ["--gil"])],
+                   check=True, capture_output=True)
 
 
 def top(raw: Path, count: int = 15) -> str:
