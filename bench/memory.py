@@ -56,7 +56,7 @@ def main() -> None:
             curve = [sample(web_pids, sender.pid, 0, 0)]
             started = time.monotonic()
             while curve[-1]["events"] < args.events and time.monotonic() - started < args.seconds:
-                load = wrk(f"http://127.0.0.1:{port}", script, SEGMENT_SECONDS, args.connections)
+                load = wrk(f"http://127.0.0.1:{port}", script, SEGMENT_SECONDS, args.connections, web.pid)
                 if load["bad"]:  # 429 (load shed) is an answer the bridge may give; others not
                     raise RuntimeError(f"{load['bad']} answers were not 202 or 429; see {tmp}/web.log")
                 curve.append(sample(web_pids, sender.pid, stored(tmp), server.stats()["count"]))
