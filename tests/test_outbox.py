@@ -223,3 +223,35 @@ def test_a_database_from_an_earlier_release_gets_the_new_columns(db_url):
     columns = {c["name"] for c in sa.inspect(box.engine).get_columns("outbox")}
     assert "hint" in columns
     assert box.get(1).subject == "subject old-row"
+
+
+def test_an_error_sqlite_reports_while_reading_rows_is_sqlalchemy_s(tmp_path):
+    """SQLite reports some errors only as it steps to the row that causes them: those must come
+    out as SQLAlchemy's too, or intake would answer 400 (payload refused, not retried) where
+    the database failed."""
+    from bridge.outbox import Prepared
+
+    box = new_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+    with box.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE numbers (v INTEGER)"))
+        conn.execute(sa.text("INSERT INTO numbers VALUES (1), (-9223372036854775808)"))
+    with pytest.raises(sa.exc.OperationalError, match="overflow"):
+        with box._writing_fast() as conn:
+            Prepared(sa.text("SELECT abs(v) FROM numbers")).rows(conn, {})  # the second row overflows
+    assert box.enqueue(mail("after")).status == "accepted"
+
+
+def test_a_postgres_connection_that_dies_in_a_write_is_dropped_and_the_next_store_works(postgres_url):
+    """The backend killed in the middle of a write: that write fails as an outage (intake: 503),
+    the dead connection leaves the pool instead of going back to it, and the next store works."""
+    from bridge.outbox import Prepared
+
+    box = new_outbox(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with pytest.raises(sa.exc.OperationalError) as failed:
+        with box._writing_fast() as conn:
+            pid = Prepared(sa.text("SELECT pg_backend_pid()")).scalar(conn, {})
+            with box.engine.connect() as admin:
+                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            Prepared(sa.text("SELECT 1")).rows(conn, {})
+    assert failed.value.connection_invalidated
+    assert box.enqueue(mail("after")).status == "accepted"
