@@ -123,7 +123,7 @@ class Prepared:
     """A statement compiled once per dialect and run on the DB-API cursor of a connection that
     is in a transaction. Intake and the sender run these per mail, and SQLAlchemy's work per
     execution (compiling, an execution context, a result object, events) cost more than the
-    database's own: about 0.2 ms of CPU per stored mail on SQLite. `columns`: for an INSERT,
+    database's own: in a group of 16 on SQLite, 213 → 139 µs of CPU per stored mail. `columns`: for an INSERT,
     the columns every caller gives (no Python-side defaults are applied here)."""
 
     def __init__(self, statement, columns: Iterable[str] | None = None):
@@ -656,7 +656,7 @@ class Outbox:
     @staticmethod
     def _log_attempt(conn: DriverConnection, row_id: int, at: float, outcome: str, detail: str, seconds: float) -> None:
         _LOG_ATTEMPT.run(conn, {"outbox_id": row_id, "at": at, "outcome": outcome,
-                                    "detail": detail[:2000], "seconds": seconds})
+                                "detail": detail[:2000], "seconds": seconds})
 
     # -- retention
     def prune(self, done_before: float, dead_before: float, keep: Mapping[str, float],
