@@ -5,7 +5,7 @@ import hashlib
 import uuid
 from typing import Any, Mapping
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 from bridge.invite import invited
 from bridge.mail.compose import mail_domain, thread_ids
@@ -13,8 +13,9 @@ from bridge.outbox import NewMail, Stored
 from bridge.events import Event
 
 # Errors that mean the outbox database cannot be reached (answer 503 so the sender retries),
-# as opposed to one that refuses this payload's values (retrying would not help).
-DATABASE_DOWN = (OperationalError, InterfaceError, OSError)
+# as opposed to one that refuses this payload's values (retrying would not help). A pool whose
+# every connection stays busy past its wait (PoolTimeout) is one of the first kind.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)
 
 MASKED = ("authorization", "cookie", "signature", "token", "secret", "password")
 REQUEST_BODY_CAP = 256 * 1024

@@ -128,6 +128,18 @@ def test_database_unreachable_at_intake_is_503_and_nothing_half_stored(make_app,
     engine.dispose()
 
 
+def test_a_connection_pool_that_stays_full_is_503_not_400(make_app):
+    """Every pooled connection busy for longer than the pool waits (a stuck transaction, a
+    flood): the request is an outage to retry (503), not a payload to give up on (400)."""
+    app = make_app()
+    outbox = app.extensions["bridge"].outbox
+    outbox.engine = sa.create_engine(outbox.engine.url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    with outbox.engine.connect():  # the pool's one connection, held
+        r = app.test_client().post("/hooks/generic", json={"subject": "s", "text": "t"})
+    assert r.status_code == 503 and r.json["status"] == "error"
+    outbox.engine.dispose()
+
+
 def test_web_killed_right_after_202_delivers_after_restart(tmp_path, ca, cafile):
     smtp = SmtpServer(ca, tls="implicit")              # not started: nothing can be sent yet
     # web1 may be killed while it holds the row's claim, or just after its first try failed:
