@@ -224,7 +224,8 @@ _MARK_SENT = Prepared(outbox.update()
                       .values(status=SENT, sent_at=sa.bindparam("now"), updated_at=sa.bindparam("now"),
                               attempts=outbox.c.attempts + 1, claim=None, claimed_until=None,
                               last_error=None, hint=None))
-_LOG_ATTEMPT = Prepared(attempts.insert(), columns=("outbox_id", "at", "outcome", "detail", "seconds"))
+# inline: no RETURNING of the new id (PostgreSQL's compiler adds one; nobody reads it)
+_LOG_ATTEMPT = Prepared(attempts.insert().inline(), columns=("outbox_id", "at", "outcome", "detail", "seconds"))
 
 
 @dataclass(frozen=True)
