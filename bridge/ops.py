@@ -363,11 +363,18 @@ def api_replies():
 
 @bp.post("/api/replies/<int:reply_id>/retry")
 def api_retry_reply(reply_id: int):
-    if _services().replies.get(reply_id) is None:
+    return _api_requeue(reply_id, _services().replies.get(reply_id) is not None, _retry_reply,
+                        "only a failed action can be retried")
+
+
+def _api_requeue(item_id: int, found: bool, requeue, refused: str):
+    """The API's answer to "do it again" (a mail's resend, a reply's retry): 404 for what is
+    not there, 409 with `refused` when `requeue(item_id)` declines, else 202."""
+    if not found:
         return _not_found()
-    if not _retry_reply(reply_id):
-        return jsonify(status="error", id=reply_id, reason="only a failed action can be retried"), 409
-    return jsonify(status="queued", id=reply_id), 202
+    if not requeue(item_id):
+        return jsonify(status="error", id=item_id, reason=refused), 409
+    return jsonify(status="queued", id=item_id), 202
 
 
 # -- the JSON API
@@ -402,8 +409,5 @@ def api_detail(row_id: int):
 
 @bp.post("/api/deliveries/<int:row_id>/resend")
 def api_resend(row_id: int):
-    if _services().outbox.get(row_id) is None:
-        return _not_found()
-    if not _resend(row_id):
-        return jsonify(status="error", id=row_id, reason="being sent right now; try again"), 409
-    return jsonify(status="queued", id=row_id), 202
+    return _api_requeue(row_id, _services().outbox.get(row_id) is not None, _resend,
+                        "being sent right now; try again")
