@@ -1,11 +1,12 @@
 """Where the time goes: py-spy samples every thread of the bridge's processes under load and
 prints the top functions by own time and by total time (docs/benchmarks.md keeps the tables).
 
-    python -m bench.profile intake   [--seconds 10]   # gunicorn web process under wrk
+    python -m bench.profile intake   [--seconds 10] [--take-out render,...]  # web process under wrk
     python -m bench.profile delivery [--mails 3000]   # the worker draining a pre-filled outbox
 
 Intake: the Procfile's web process (SEND_IN_WEB=false), signed 5 KB GitHub pushes from wrk on
-8 connections. Delivery: `flask --app bridge worker` sending to bench/smtp_server.py over
+8 connections; --take-out answers those stages from a cache (bench/ablation.py), so
+the profile shows what is left. Delivery: `flask --app bridge worker` sending to bench/smtp_server.py over
 implicit TLS + AUTH. Only threads holding the GIL are sampled (`--gil`), so the shares are of Python's CPU time
 (an fsync or a socket wait is not in them).
 """
@@ -59,11 +60,12 @@ def top(raw: Path, count: int = 15) -> str:
     return "\n".join(lines)
 
 
-def intake(tmp: Path, seconds: int) -> Path:
+def intake(tmp: Path, seconds: int, take_out: str) -> Path:
     from bench.intake import wrk_script
     port = free_port()
-    env = bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET, WEB_CONCURRENCY="2")
-    server = gunicorn("bridge.wsgi:app", port, tmp / "web.log", env)
+    env = bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET, WEB_CONCURRENCY="2",
+                     BENCH_TAKE_OUT=take_out)
+    server = gunicorn("bench.ablated_wsgi:app" if take_out else "bridge.wsgi:app", port, tmp / "web.log", env)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         script = wrk_script("github", tmp, "profile", 202)
@@ -101,9 +103,10 @@ def main() -> None:
     parser.add_argument("what", choices=("intake", "delivery"))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--mails", type=int, default=3000)
+    parser.add_argument("--take-out", default="", help="intake: stages answered from a cache (render,store,parse)")
     args = parser.parse_args()
     tmp = workdir(f"profile-{args.what}")
-    raw = intake(tmp, args.seconds) if args.what == "intake" else delivery(tmp, args.mails)
+    raw = intake(tmp, args.seconds, args.take_out) if args.what == "intake" else delivery(tmp, args.mails)
     print(f"profile {args.what}: {raw}", file=sys.stderr)
     print(top(raw))
 

@@ -22,6 +22,7 @@ rm -f var/bench/results.jsonl
 echo "bench: $(date -u +%FT%TZ) on $(nproc) cores, $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 "$PY" -m bench.intake "$@" 2> >(grep -v ' INFO ' >&2)
 "$PY" -m bench.stages 2> >(grep -v ' INFO \|event=startup' >&2)
+"$PY" -m bench.stages --server 2> >(grep -v ' INFO \|event=startup' >&2)
 "$PY" -m bench.delivery 2> >(grep -v ' INFO ' >&2)
 "$PY" -m bench.workers 2> >(grep -v ' INFO ' >&2)
 "$PY" -m bench.wechat_latency 2> >(grep -v ' INFO ' >&2)

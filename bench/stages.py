@@ -1,27 +1,37 @@
-"""Intake's CPU per request, stage by stage: the WSGI app called in this process (no server, no
-network, one request at a time), then again with rendering, storing and parsing taken out in
-turn, and the hand-written durable route (bench/durable_app.py) called the same way.
+"""Intake's cost, stage by stage: the bridge with every stage, then again with rendering,
+storing and parsing taken out in turn (answered from a cache, bench/ablation.py), beside the
+hand-written durable route (bench/durable_app.py).
 
-    python -m bench.stages [--requests 2000]
+    python -m bench.stages [--requests 2000]          # in-process CPU per request
+    python -m bench.stages --server [--seconds 8]     # req/s and CPU under gunicorn, with wrk
 
-What a stage costs is the difference between two lines. Storing includes handing the mail to
-the commit thread and back and, here, one transaction per request (under load a group of
-requests shares one). CPU is the process's (time.process_time: every thread, system time too).
+In-process, the WSGI app is called in this process (no server, no network, one request at a
+time): what a stage costs is the difference between two lines. Storing includes handing the
+mail to the commit thread and back and, there, one transaction per request (under load a group
+of requests shares one). CPU is the process's (time.process_time: every thread, system time
+too). With --server, each line is a gunicorn of the Procfile's settings (bench.ablated_wsgi:app)
+under the same wrk load as bench/intake.py, in alternating rounds with the durable route: what
+the bridge would take if a stage cost nothing at all, an upper bound for moving it elsewhere.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import itertools
 import os
 import sys
 import time
 
-from bench.common import bridge_env, workdir
+from bench.ablation import take_out
+from bench.common import bridge_env, free_port, gunicorn, result, wait_http, workdir
+from bench.intake import rounds, wrk_script
 from bench.payloads import SECRET, github_payload_headers
 
 BODY, HEADERS = github_payload_headers()
+# Each line takes out what the one before it did, and one stage more.
+LINES = (("bridge, every stage", ()), ("… without rendering", ("render",)),
+         ("… nor storing", ("render", "store")),
+         ("… nor parsing (Flask + the web layer)", ("render", "store", "parse")))
 
 
 def environ(delivery: str) -> dict:
@@ -53,39 +63,59 @@ def cpu_per_request(app, count: int, ids) -> float:
     return (time.process_time() - started) * 1e6 / count
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    args = parser.parse_args()
-    tmp = workdir("stages")
+def in_process(tmp, requests: int) -> None:
     os.environ["DURABLE_DB"] = str(tmp / "durable.db")
     from bench.durable_app import app as durable
     from bridge import create_app
-    from bridge.outbox import Stored
 
     app = create_app(bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET, LOG_LEVEL="warning"))
-    svc = app.extensions["bridge"]
     ids = (f"stages-{n}" for n in itertools.count())
-    github = svc.hooks["github"]
-    event = github.parse(dict(HEADERS, **{"X-GitHub-Delivery": "x"}), BODY, svc.settings.sources["github"])[0]
-    rendered = svc.renderer.render(event)
+    for label, stages in LINES:
+        take_out(app.extensions["bridge"], stages)
+        print(f"{label:45s} {cpu_per_request(app.wsgi_app, requests, ids):7.0f} µs CPU per request")
+    print(f"{'hand-written durable route':45s} {cpu_per_request(durable.wsgi_app, requests, ids):7.0f} µs CPU per request")
 
-    class Parsed:  # the GitHub source with its parse answered from a cache
-        NAME, MAX_BODY, secret_headers, body_check = github.NAME, github.MAX_BODY, (), github.body_check
 
-        @staticmethod
-        def parse(headers, body, config, route=None):
-            return [dataclasses.replace(event, delivery_id=headers.get("X-Github-Delivery"))]
+def under_gunicorn(tmp, seconds: int, connections: int, count: int) -> None:
+    # bench/intake.py's settings (its log line per request included)
+    env = bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET, DURABLE_DB=str(tmp / "durable.db"))
+    apps = {label: ("bench.ablated_wsgi:app", {"BENCH_TAKE_OUT": ",".join(stages),
+                                                "DATABASE_URL": f"sqlite:///{tmp / f'bridge-{n}.db'}"})
+            for n, (label, stages) in enumerate(LINES)}
+    apps["hand-written durable route"] = ("bench.durable_app:app", {})
+    ports = {label: free_port() for label in apps}
+    servers = {label: gunicorn(app, ports[label], tmp / f"stage-{n}.log", {**env, **extra})
+               for n, (label, (app, extra)) in enumerate(apps.items())}
+    try:
+        for port in ports.values():
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+        targets = {label: (f"http://127.0.0.1:{ports[label]}", wrk_script("github", tmp, f"stage-{n}", 202),
+                           servers[label].pid) for n, label in enumerate(apps)}
+        measured = rounds(targets, seconds, connections, count)
+    finally:
+        for server in servers.values():
+            server.stop()
+    durable = measured["hand-written durable route"]
+    for label, _ in LINES:
+        line = measured[label]
+        result("stages", f"{label} (req/s vs durable route)", line["rps"], "req/s", durable["rps"],
+               note=f"p99 {line['p99']:.1f} ms, {line['cpu_ms']:.2f} ms CPU/request; "
+                    f"route {durable['cpu_ms']:.2f} ms; {line['bad']} non-202")
 
-    rows = [("bridge, every stage", None)]
-    rows.append(("… without rendering", lambda: setattr(svc.renderer, "render", lambda e: rendered)))
-    rows.append(("… nor storing", lambda: setattr(svc.outbox, "enqueue", lambda m: Stored(1, "accepted"))))
-    rows.append(("… nor parsing (Flask + the web layer)", lambda: svc.hooks.__setitem__("github", Parsed)))
-    for label, take_out in rows:
-        if take_out:
-            take_out()
-        print(f"{label:45s} {cpu_per_request(app.wsgi_app, args.requests, ids):7.0f} µs CPU per request")
-    print(f"{'hand-written durable route':45s} {cpu_per_request(durable.wsgi_app, args.requests, ids):7.0f} µs CPU per request")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="in-process, per line")
+    parser.add_argument("--server", action="store_true", help="under gunicorn and wrk instead")
+    parser.add_argument("--seconds", type=int, default=8, help="--server: per round")
+    parser.add_argument("--connections", type=int, default=8, help="--server")
+    parser.add_argument("--rounds", type=int, default=3, help="--server")
+    args = parser.parse_args()
+    tmp = workdir("stages")
+    if args.server:
+        under_gunicorn(tmp, args.seconds, args.connections, args.rounds)
+    else:
+        in_process(tmp, args.requests)
 
 
 if __name__ == "__main__":
