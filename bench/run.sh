@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other, each printing its ratios against baselines measured in
-# the same run (`make bench`). Loopback only; about 10 minutes on 2 cores. Results are also
+# the same run (`make bench`). Loopback only; about 14 minutes on 2 cores. Results are also
 # appended to var/bench/results.jsonl. Options for one benchmark: python -m bench.<name> --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
