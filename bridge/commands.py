@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-import requests
 import sqlalchemy as sa
 
 from bridge.actions import Done, Later, alertmanager
@@ -118,10 +117,12 @@ def _done(outcome) -> dict[str, Any]:
 
 
 def _alerts(config, **_) -> dict[str, Any]:
+    import requests  # here, not at the top: bridge/actions says why
     return _done(alertmanager.list_alerts(requests, config.alertmanager_url, config.alertmanager_timeout))
 
 
 def _silence(config, command: Command, sender: str, **_) -> dict[str, Any]:
+    import requests
     silence = parse_silence(command.args)
     result = _done(alertmanager.create_silence(
         requests, config.alertmanager_url, config.alertmanager_timeout, list(silence.matchers),
@@ -131,6 +132,7 @@ def _silence(config, command: Command, sender: str, **_) -> dict[str, Any]:
 
 
 def _unsilence(config, command: Command, **_) -> dict[str, Any]:
+    import requests
     if len(command.args) != 1 or not re.fullmatch(r"[0-9a-fA-F-]{8,64}", command.args[0]):
         raise CommandError("用法 usage: /unsilence <silence id>")
     return _done(alertmanager.expire_silence(requests, config.alertmanager_url,

@@ -12,8 +12,6 @@ import mimetypes
 import time
 from typing import Any, Mapping
 
-import requests
-
 from bridge.logs import log_line
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -26,6 +24,7 @@ class Unusable(Exception):
 
 
 def fetch_attachments(row: Any) -> list[tuple[str, str, bytes]]:
+    import requests  # here, not at the top: only the sender fetches (bridge/actions says why)
     specs = json.loads(row.attachments or "[]")
     found = []
     for spec in specs:
@@ -41,6 +40,7 @@ def _fetch(spec: Mapping[str, Any]) -> tuple[str, str, bytes]:
     url = spec.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise Unusable("not an http(s) URL")
+    import requests
     deadline = time.monotonic() + TOTAL_SECONDS
     with requests.get(url, stream=True, timeout=(CONNECT_SECONDS, READ_SECONDS)) as response:
         response.raise_for_status()
