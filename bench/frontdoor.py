@@ -16,9 +16,10 @@ import resource
 import socket
 import time
 import urllib.request
+from urllib.parse import urlsplit
 
-from bench.common import bridge_env, children, free_port, gunicorn, result, rss_mb, wait_http, workdir
-from bench.intake import default_endpoint, rounds, wrk_script
+from bench.common import bridge_env, children, result, rss_mb, workdir
+from bench.intake import default_endpoint, rounds, serving
 from bench.payloads import SECRET
 
 CLASSES = ("gevent", "gthread")
@@ -70,24 +71,16 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * args.idle + 256)), hard))
     endpoint = default_endpoint()
-    servers, ports, scripts = {}, {}, {}
-    try:
-        for name in CLASSES:
-            tmp = workdir(f"frontdoor-{name}")
-            env = bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET, GUNICORN_WORKER_CLASS=name,
-                             LOG_LEVEL="warning", PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"))
-            ports[name] = free_port()
-            scripts[name] = wrk_script(endpoint, tmp, name, 202)
-            servers[name] = gunicorn("bridge.wsgi:app", ports[name], tmp / "web.log", env)
-        for name in CLASSES:
-            wait_http(f"http://127.0.0.1:{ports[name]}/healthz")
+    apps = {}
+    for name in CLASSES:
+        tmp = workdir(f"frontdoor-{name}")
+        apps[name] = ("bridge.wsgi:app", bridge_env(
+            tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET, GUNICORN_WORKER_CLASS=name,
+            LOG_LEVEL="warning", PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics")), 202)
+    with serving(apps, endpoint, workdir("frontdoor")) as targets:
         load = os.getloadavg()[0]
-        measured = rounds({name: (f"http://127.0.0.1:{ports[name]}", scripts[name], servers[name].pid)
-                           for name in CLASSES}, args.seconds, args.connections, args.rounds)
-        idle = {name: idle_cost(ports[name], servers[name].pid, args.idle) for name in CLASSES}
-    finally:
-        for server in servers.values():
-            server.stop()
+        measured = rounds(targets, args.seconds, args.connections, args.rounds)
+        idle = {name: idle_cost(urlsplit(url).port, pid, args.idle) for name, (url, _, pid) in targets.items()}
     new, old = measured["gevent"], measured["gthread"]
     note = f"/hooks/{endpoint}, {args.connections} conns, median of {args.rounds} rounds; load avg {load:.1f}"
     result("frontdoor", "intake req/s (gevent; baseline = gthread)", new["rps"], "req/s", old["rps"],

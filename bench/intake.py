@@ -104,6 +104,25 @@ def wrk(url: str, script: Path, seconds: int, connections: int, pid: int) -> dic
             "cpu_ms": (cpu_seconds(pid) - cpu) * 1000 / max(1, status["ok"]), **status, "raw": out}
 
 
+@contextlib.contextmanager
+def serving(apps: dict[str, tuple[str, dict[str, str], int]], endpoint: str, tmp: Path):
+    """Each of `apps` (name → (gunicorn app, env, the status a delivery gets)) under gunicorn on
+    a port of its own, answering /healthz; yields name → (url, wrk script, pid) for rounds(),
+    and stops the servers after. Logs and scripts are tmp/target-<n>.*."""
+    ports = {name: free_port() for name in apps}
+    servers = {}
+    try:
+        for n, (name, (app, env, _)) in enumerate(apps.items()):
+            servers[name] = gunicorn(app, ports[name], tmp / f"target-{n}.log", env)
+        for port in ports.values():
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield {name: (f"http://127.0.0.1:{ports[name]}", wrk_script(endpoint, tmp, f"target-{n}", expect),
+                      servers[name].pid) for n, (name, (_, _, expect)) in enumerate(apps.items())}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def rounds(targets: dict[str, tuple[str, Path, int]], seconds: int, connections: int, count: int) -> dict:
     """Alternate wrk runs over the targets (a load spike from elsewhere on the machine then hits
     both sides alike); per target the median round, and every 2xx seen including warm-up."""
@@ -138,24 +157,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     tmp = workdir("intake")
-    apps = {"bridge": ("bridge.wsgi:app", 202), "durable": ("bench.durable_app:app", 202),
-            "bare": ("bench.bare_app:app", 204)}
-    if args.endpoint != "github":
-        del apps["durable"]
     env = bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET,
                      DURABLE_DB=str(tmp / "durable.db"))
-    ports = {name: free_port() for name in apps}
-    servers = {name: gunicorn(app, ports[name], tmp / f"{name}.log", env) for name, (app, _) in apps.items()}
-    try:
-        for port in ports.values():
-            wait_http(f"http://127.0.0.1:{port}/healthz")
+    apps = {"bridge": ("bridge.wsgi:app", env, 202), "durable": ("bench.durable_app:app", env, 202),
+            "bare": ("bench.bare_app:app", env, 204)}
+    if args.endpoint != "github":
+        del apps["durable"]
+    with serving(apps, args.endpoint, tmp) as targets:
         load = os.getloadavg()[0]
-        targets = {name: (f"http://127.0.0.1:{ports[name]}", wrk_script(args.endpoint, tmp, name, expect),
-                          servers[name].pid) for name, (_, expect) in apps.items()}
         measured = rounds(targets, args.seconds, args.connections, args.rounds)
-    finally:
-        for server in servers.values():
-            server.stop()
     bridge, bare = measured["bridge"], measured["bare"]
     durable = measured.get("durable")
     rows = stored_rows(tmp)

@@ -23,8 +23,8 @@ import sys
 import time
 
 from bench.ablation import take_out
-from bench.common import bridge_env, free_port, gunicorn, result, wait_http, workdir
-from bench.intake import rounds, wrk_script
+from bench.common import bridge_env, result, workdir
+from bench.intake import rounds, serving
 from bench.payloads import SECRET, github_payload_headers
 
 BODY, HEADERS = github_payload_headers()
@@ -79,22 +79,12 @@ def in_process(tmp, requests: int) -> None:
 def under_gunicorn(tmp, seconds: int, connections: int, count: int) -> None:
     # bench/intake.py's settings (its log line per request included)
     env = bridge_env(tmp, SEND_IN_WEB="false", GITHUB_WEBHOOK_SECRET=SECRET, DURABLE_DB=str(tmp / "durable.db"))
-    apps = {label: ("bench.ablated_wsgi:app", {"BENCH_TAKE_OUT": ",".join(stages),
-                                                "DATABASE_URL": f"sqlite:///{tmp / f'bridge-{n}.db'}"})
+    apps = {label: ("bench.ablated_wsgi:app", {**env, "BENCH_TAKE_OUT": ",".join(stages),
+                                                "DATABASE_URL": f"sqlite:///{tmp / f'bridge-{n}.db'}"}, 202)
             for n, (label, stages) in enumerate(LINES)}
-    apps["hand-written durable route"] = ("bench.durable_app:app", {})
-    ports = {label: free_port() for label in apps}
-    servers = {label: gunicorn(app, ports[label], tmp / f"stage-{n}.log", {**env, **extra})
-               for n, (label, (app, extra)) in enumerate(apps.items())}
-    try:
-        for port in ports.values():
-            wait_http(f"http://127.0.0.1:{port}/healthz")
-        targets = {label: (f"http://127.0.0.1:{ports[label]}", wrk_script("github", tmp, f"stage-{n}", 202),
-                           servers[label].pid) for n, label in enumerate(apps)}
+    apps["hand-written durable route"] = ("bench.durable_app:app", env, 202)
+    with serving(apps, "github", tmp) as targets:
         measured = rounds(targets, seconds, connections, count)
-    finally:
-        for server in servers.values():
-            server.stop()
     durable = measured["hand-written durable route"]
     for label, _ in LINES:
         line = measured[label]
